@@ -365,14 +365,6 @@ mod tests {
             ("tls-cert-file", "/etc/kubernetes/pki/apiserver.crt"),
             ("tls-private-key-file", "/etc/kubernetes/pki/apiserver.key"),
             ("client-ca-file", "/etc/kubernetes/pki/ca.crt"),
-            (
-                "kubelet-client-certificate",
-                "/etc/kubernetes/pki/apiserver-kubelet-client.crt",
-            ),
-            (
-                "kubelet-client-key",
-                "/etc/kubernetes/pki/apiserver-kubelet-client.key",
-            ),
             ("service-account-key-file", "/etc/kubernetes/pki/sa.pub"),
             (
                 "service-account-signing-key-file",
@@ -385,23 +377,7 @@ mod tests {
             ("authorization-mode", "Node,RBAC"),
             ("anonymous-auth", "false"),
             ("enable-bootstrap-token-auth", "true"),
-            (
-                "proxy-client-cert-file",
-                "/etc/kubernetes/pki/front-proxy-client.crt",
-            ),
-            (
-                "proxy-client-key-file",
-                "/etc/kubernetes/pki/front-proxy-client.key",
-            ),
-            (
-                "requestheader-client-ca-file",
-                "/etc/kubernetes/pki/front-proxy-ca.crt",
-            ),
-            ("requestheader-allowed-names", "front-proxy-client"),
-            ("requestheader-username-headers", "X-Remote-User"),
-            ("requestheader-group-headers", "X-Remote-Group"),
-            ("requestheader-extra-headers-prefix", "X-Remote-Extra-"),
-            ("storage-dir", "/var/lib/kinit/store"),
+            ("data-dir", "/var/lib/kinit/apiserver"),
         ] {
             assert_eq!(flag(&cmd, name), Some(value), "--{name}");
         }
@@ -409,7 +385,7 @@ mod tests {
         assert_eq!(flag(&cmd, "etcd-cafile"), None);
         assert_eq!(mount_is_read_only(&pod, "/etc/kubernetes/pki"), Some(true));
         assert_eq!(
-            mount_is_read_only(&pod, "/var/lib/kinit/store"),
+            mount_is_read_only(&pod, "/var/lib/kinit/apiserver"),
             Some(false)
         );
 
@@ -445,8 +421,8 @@ mod tests {
             flag(&cmd, "etcd-keyfile"),
             Some("/etc/kubernetes/pki/apiserver-etcd-client.key")
         );
-        assert_eq!(flag(&cmd, "storage-dir"), None);
-        assert_eq!(mount_is_read_only(&pod, "/var/lib/kinit/store"), None);
+        assert_eq!(flag(&cmd, "data-dir"), None);
+        assert_eq!(mount_is_read_only(&pod, "/var/lib/kinit/apiserver"), None);
     }
 
     #[test]
