@@ -26,6 +26,8 @@ pub mod server;
 pub mod services;
 pub mod subresources;
 pub mod tables;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod validation;
 pub mod watch;
 
