@@ -1,127 +1,56 @@
-//! The kinit inventory written for a lab (apiVersion kinit.dev/v1alpha1, kind Cluster).
+//! The kinit inventory written for a lab, built with the inventory crate's own types so the
+//! file `kinit lab up` writes is one every other command accepts.
 
 use std::path::Path;
 
-use serde::Serialize;
+use kinit_inventory::{
+    ApiEndpoint, ClusterConfig, Host, Inventory, InventorySpec, Metadata, Role, API_SERVER_PORT,
+    API_VERSION, KIND,
+};
 
-/// Top level of the inventory file.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InventoryFile {
-    /// `kinit.dev/v1alpha1`.
-    pub api_version: &'static str,
-    /// `Cluster`.
-    pub kind: &'static str,
-    /// Cluster name.
-    pub metadata: Metadata,
-    /// Hosts and cluster settings.
-    pub spec: Spec,
-}
-
-/// `metadata`.
-#[derive(Debug, Serialize)]
-pub struct Metadata {
-    /// The lab's name.
-    pub name: String,
-}
-
-/// `spec`.
-#[derive(Debug, Serialize)]
-pub struct Spec {
-    /// The hosts.
-    pub hosts: Vec<InventoryHost>,
-    /// Cluster settings the lab decides (the rest take kinit's defaults).
-    pub cluster: ClusterSettings,
-}
-
-/// One `spec.hosts[]` entry.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InventoryHost {
-    /// Host name.
-    pub name: String,
-    /// Address on the lab bridge.
-    pub address: String,
-    /// How to log in.
-    pub ssh: SshSettings,
-    /// `control-plane` for the first host, `worker` for the others.
-    pub roles: Vec<&'static str>,
-}
-
-/// `ssh` of a host.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SshSettings {
-    /// Login user.
-    pub user: String,
-    /// Port.
-    pub port: u16,
-    /// Private key.
-    pub key_path: String,
-}
-
-/// `spec.cluster`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClusterSettings {
-    /// The API endpoint: the first host's address.
-    pub api_endpoint: ApiEndpoint,
-}
-
-/// `spec.cluster.apiEndpoint`.
-#[derive(Debug, Serialize)]
-pub struct ApiEndpoint {
-    /// Address.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-}
-
-/// Builds the inventory for hosts `(name, address)`; the first host is the control plane.
-pub fn lab_inventory(lab_name: &str, hosts: &[(String, String)], key_path: &Path) -> InventoryFile {
+/// Builds the inventory for hosts `(name, address)`; the first host is the control plane and
+/// the API endpoint, the others are workers. Everyone logs in as root with the lab's key.
+pub fn lab_inventory(lab_name: &str, hosts: &[(String, String)], key_path: &Path) -> Inventory {
     let inventory_hosts = hosts
         .iter()
         .enumerate()
-        .map(|(i, (name, address))| InventoryHost {
-            name: name.clone(),
-            address: address.clone(),
-            ssh: SshSettings {
-                user: "root".into(),
-                port: 22,
-                key_path: key_path.display().to_string(),
-            },
-            roles: if i == 0 {
-                vec!["control-plane"]
+        .map(|(i, (name, address))| {
+            let role = if i == 0 {
+                Role::ControlPlane
             } else {
-                vec!["worker"]
-            },
+                Role::Worker
+            };
+            let mut host = Host::new(name, address, &[role]);
+            host.ssh.key_path = Some(key_path.to_path_buf());
+            host
         })
         .collect();
-    InventoryFile {
-        api_version: "kinit.dev/v1alpha1",
-        kind: "Cluster",
+    Inventory {
+        api_version: API_VERSION.into(),
+        kind: KIND.into(),
         metadata: Metadata {
             name: lab_name.to_string(),
         },
-        spec: Spec {
+        spec: InventorySpec {
             hosts: inventory_hosts,
-            cluster: ClusterSettings {
-                api_endpoint: ApiEndpoint {
-                    host: hosts.first().map(|h| h.1.clone()).unwrap_or_default(),
-                    port: 6443,
-                },
+            cluster: ClusterConfig {
+                api_endpoint: hosts.first().map(|(_, address)| ApiEndpoint {
+                    host: address.clone(),
+                    port: API_SERVER_PORT,
+                }),
+                ..ClusterConfig::default()
             },
         },
     }
 }
 
 /// The inventory as YAML, with a header saying where it came from.
-pub fn render(inventory: &InventoryFile) -> Result<String, serde_yaml::Error> {
-    Ok(format!(
+pub fn render(inventory: &Inventory) -> String {
+    format!(
         "# Written by `kinit lab up` for lab {:?}; removed by `kinit lab down`.\n{}",
         inventory.metadata.name,
-        serde_yaml::to_string(inventory)?
-    ))
+        inventory.to_yaml()
+    )
 }
 
 #[cfg(test)]
@@ -129,34 +58,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn first_host_is_control_plane_and_endpoint() {
+    fn lab_inventory_validates_and_reads_back() {
         let hosts = vec![
             ("node1".to_string(), "10.88.0.11".to_string()),
             ("node2".to_string(), "10.88.0.12".to_string()),
         ];
-        let inventory = lab_inventory(
-            "lab",
-            &hosts,
-            Path::new("/var/lib/kinit-lab/lab/id_ed25519"),
-        );
-        let yaml = render(&inventory).unwrap();
-        let value: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
-        assert_eq!(value["apiVersion"], "kinit.dev/v1alpha1");
-        assert_eq!(value["kind"], "Cluster");
-        assert_eq!(value["metadata"]["name"], "lab");
-        assert_eq!(value["spec"]["hosts"][0]["roles"][0], "control-plane");
-        assert_eq!(value["spec"]["hosts"][1]["roles"][0], "worker");
-        assert_eq!(value["spec"]["hosts"][1]["address"], "10.88.0.12");
-        assert_eq!(value["spec"]["hosts"][0]["ssh"]["user"], "root");
-        assert_eq!(value["spec"]["hosts"][0]["ssh"]["port"], 22);
+        let key = Path::new("/var/lib/kinit-lab/lab/id_ed25519");
+        let yaml = render(&lab_inventory("lab", &hosts, key));
+        let read = Inventory::from_str(&yaml, "lab.yaml").unwrap();
+        assert_eq!(read.metadata.name, "lab");
+        let names: Vec<&str> = read
+            .control_planes()
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        assert_eq!(names, ["node1"]);
+        let names: Vec<&str> = read.workers().iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["node2"]);
+        assert_eq!(read.spec.hosts[1].address, "10.88.0.12");
+        assert_eq!(read.spec.hosts[0].ssh.user, "root");
+        assert!(!read.spec.hosts[0].ssh.sudo);
+        assert_eq!(read.spec.hosts[0].ssh.key_path.as_deref(), Some(key));
+        let endpoint = read.api_endpoint();
         assert_eq!(
-            value["spec"]["hosts"][0]["ssh"]["keyPath"],
-            "/var/lib/kinit-lab/lab/id_ed25519"
+            (endpoint.host.as_str(), endpoint.port),
+            ("10.88.0.11", 6443)
         );
-        assert_eq!(
-            value["spec"]["cluster"]["apiEndpoint"]["host"],
-            "10.88.0.11"
-        );
-        assert_eq!(value["spec"]["cluster"]["apiEndpoint"]["port"], 6443);
     }
 }

@@ -439,10 +439,7 @@ async fn bring_up(
         .map(|h| (h.name.clone(), h.address.clone()))
         .collect();
     let inventory = inventory::lab_inventory(&state.name, &pairs, &state.ssh_key);
-    let yaml = inventory::render(&inventory).map_err(|e| LabError::State {
-        path: state.inventory.clone(),
-        reason: format!("cannot render the inventory: {e}"),
-    })?;
+    let yaml = inventory::render(&inventory);
     let inventory_path = state.inventory.clone();
     record_file(state, run_dir, &inventory_path, yaml.as_bytes(), 0o644)?;
     Ok(())
