@@ -1,0 +1,8 @@
+//! One module per top-level subcommand: its clap arguments and its `run`.
+
+pub mod certs;
+pub mod completion;
+pub mod component;
+pub mod config;
+pub mod lab;
+pub mod preflight;

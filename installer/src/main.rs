@@ -1,0 +1,50 @@
+//! `kinit`: the admin CLI that provisions clusters over SSH, and the host-side program.
+
+use clap::{Parser, Subcommand};
+
+mod cluster;
+mod cmd;
+mod output;
+
+/// Provision and run Kubernetes-model clusters over SSH.
+#[derive(Debug, Parser)]
+#[command(name = "kinit", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the cluster PKI: generate, check expiration, renew.
+    Certs(cmd::certs::CertsArgs),
+    /// Print default settings or render everything `init` would write, for review.
+    Config(cmd::config::ConfigArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(cmd::completion::CompletionArgs),
+    /// Check that hosts are ready for a cluster (ports, swap, kernel, containerd, clock, disk).
+    Preflight(cmd::preflight::PreflightArgs),
+    /// Real test hosts on this machine (systemd-nspawn): up, down, status.
+    Lab(cmd::lab::LabArgs),
+    /// Run the API server on this host (what the kube-apiserver static pod runs).
+    Apiserver(Box<kinit_apiserver::ApiServerArgs>),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Certs(args) => cmd::certs::run(args),
+        Command::Config(args) => cmd::config::run(args),
+        Command::Completion(args) => cmd::completion::run::<Cli>(args),
+        Command::Preflight(args) => cmd::preflight::run(args),
+        Command::Lab(args) => cmd::lab::run(args),
+        Command::Apiserver(args) => cmd::component::run("apiserver", kinit_apiserver::run(*args)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
