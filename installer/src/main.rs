@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod client;
 mod cluster;
 mod cmd;
 mod output;
@@ -26,6 +27,10 @@ enum Command {
     Preflight(cmd::preflight::PreflightArgs),
     /// Real test hosts on this machine (systemd-nspawn): up, down, status.
     Lab(cmd::lab::LabArgs),
+    /// Create, list and delete bootstrap tokens for joining nodes.
+    Token(cmd::token::TokenArgs),
+    /// Sign a client kubeconfig for a user with the cluster CA.
+    Kubeconfig(cmd::kubeconfig::KubeconfigArgs),
     /// Run the API server on this host (what the kube-apiserver static pod runs).
     Apiserver(Box<kinit_apiserver::ApiServerArgs>),
 }
@@ -38,6 +43,8 @@ fn main() -> std::process::ExitCode {
         Command::Completion(args) => cmd::completion::run::<Cli>(args),
         Command::Preflight(args) => cmd::preflight::run(args),
         Command::Lab(args) => cmd::lab::run(args),
+        Command::Token(args) => cmd::token::run(args),
+        Command::Kubeconfig(args) => cmd::kubeconfig::run(args),
         Command::Apiserver(args) => cmd::component::run("apiserver", kinit_apiserver::run(*args)),
     };
     match result {

@@ -4,5 +4,7 @@ pub mod certs;
 pub mod completion;
 pub mod component;
 pub mod config;
+pub mod kubeconfig;
 pub mod lab;
 pub mod preflight;
+pub mod token;
