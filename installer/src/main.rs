@@ -2,10 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-mod client;
-mod cluster;
 mod cmd;
-mod output;
 
 /// Provision and run Kubernetes-model clusters over SSH.
 #[derive(Debug, Parser)]

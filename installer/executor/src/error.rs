@@ -150,6 +150,12 @@ pub enum ExecError {
     /// The command or path cannot be passed to a shell (it contains a NUL byte).
     #[error("{host}: cannot pass {what} to the shell: it contains a NUL byte")]
     Unquotable { host: String, what: String },
+
+    /// A command succeeded but printed something kinit cannot interpret.
+    #[error(
+        "{host}: {what}; check that the host has the standard coreutils (sh, sha256sum, stat)"
+    )]
+    UnexpectedOutput { host: String, what: String },
 }
 
 fn stderr_suffix(tail: &str) -> String {
@@ -190,7 +196,8 @@ impl ExecError {
             | ExecError::NotFound { host, .. }
             | ExecError::Session { host, .. }
             | ExecError::Io { host, .. }
-            | ExecError::Unquotable { host, .. } => host,
+            | ExecError::Unquotable { host, .. }
+            | ExecError::UnexpectedOutput { host, .. } => host,
             ExecError::HostKeyUnknown(problem)
             | ExecError::HostKeyChanged(problem)
             | ExecError::HostKeyRevoked(problem) => &problem.host,

@@ -12,8 +12,8 @@ use kinit_pki::{
     RenewReport, RenewTarget,
 };
 
-use crate::cluster;
-use crate::output::{emit, OutputFormat};
+use kinit::cluster;
+use kinit::output::{emit, OutputFormat};
 
 /// Arguments of `kinit certs`.
 #[derive(Debug, Args)]

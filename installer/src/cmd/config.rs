@@ -8,12 +8,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use comfy_table::{presets::NOTHING, Table};
-use kinit_inventory::{Inventory, Role};
-use kinit_pki::{generate, write_node_kubeconfig, CaKind};
+use kinit_inventory::Inventory;
 use serde::Serialize;
 
-use crate::cluster::{self, ClusterDerived};
-use crate::output::{emit, OutputFormat};
+use kinit::desired::ClusterState;
+use kinit::output::{emit, OutputFormat};
 
 /// Arguments of `kinit config`.
 #[derive(Debug, Args)]
@@ -129,47 +128,10 @@ fn summary_table(summary: &RenderSummary) -> String {
     )
 }
 
-/// Files every control plane gets from the cluster PKI (relative to `/etc/kubernetes`).
-const CONTROL_PLANE_PKI_FILES: &[&str] = &[
-    "pki/ca.crt",
-    "pki/ca.key",
-    "pki/apiserver.crt",
-    "pki/apiserver.key",
-    "pki/apiserver-kubelet-client.crt",
-    "pki/apiserver-kubelet-client.key",
-    "pki/front-proxy-ca.crt",
-    "pki/front-proxy-ca.key",
-    "pki/front-proxy-client.crt",
-    "pki/front-proxy-client.key",
-    "pki/sa.key",
-    "pki/sa.pub",
-    "admin.conf",
-    "super-admin.conf",
-    "controller-manager.conf",
-    "scheduler.conf",
-];
-
-/// Extra files for etcd members.
-const ETCD_PKI_FILES: &[&str] = &[
-    "pki/etcd/ca.crt",
-    "pki/etcd/ca.key",
-    "pki/etcd/server.crt",
-    "pki/etcd/server.key",
-    "pki/etcd/peer.crt",
-    "pki/etcd/peer.key",
-    "pki/etcd/healthcheck-client.crt",
-    "pki/etcd/healthcheck-client.key",
-    "pki/apiserver-etcd-client.crt",
-    "pki/apiserver-etcd-client.key",
-];
-
-/// Renders the whole cluster into `dir`: the PKI once under `dir/cluster/`, then each host's files.
+/// Renders the whole cluster into `dir`: the cluster state (PKI, agent kubeconfigs) once under
+/// `dir/cluster/`, then each host's files under `dir/<host>/<absolute path>`.
 pub fn render_cluster(inventory: &Inventory, dir: &Path) -> anyhow::Result<RenderSummary> {
-    let state = dir.join("cluster");
-    let pki_dir = state.join("pki");
-    let spec = cluster::pki_spec(inventory, &pki_dir, Some(state.clone()))?;
-    let report = generate(&spec)
-        .with_context(|| format!("cannot generate the cluster PKI in {}", pki_dir.display()))?;
+    let (state, report) = ClusterState::prepare(inventory, &dir.join("cluster"))?;
     let mut files: Vec<RenderedHostFile> = report
         .files
         .iter()
@@ -180,79 +142,17 @@ pub fn render_cluster(inventory: &Inventory, dir: &Path) -> anyhow::Result<Rende
             mode: mode_of(&dir.join(rel)),
         })
         .collect();
-
-    let ca_key = fs::read(CaKind::Kubernetes.key_path(&pki_dir))
-        .with_context(|| format!("cannot read the cluster CA key in {}", pki_dir.display()))?;
-    let derived = ClusterDerived::new(inventory, &ca_key)?;
-    let datastore_is_etcd = inventory.datastore() == kinit_inventory::Datastore::Etcd;
-    let etcd_members: Vec<String> = inventory
-        .etcd_members()
-        .iter()
-        .map(|h| h.name.clone())
-        .collect();
-
     for host in &inventory.spec.hosts {
         let root = dir.join(&host.name);
-        let context = cluster::render_context(inventory, host, &derived)
-            .with_context(|| format!("cannot build the settings of host {}", host.name))?;
-        let rendered = kinit_templates::render_all(&context)
-            .with_context(|| format!("cannot render the files of host {}", host.name))?;
-        for file in rendered {
+        for file in state.host_files(inventory, host)? {
             let dest = under(&root, &file.path)?;
-            write_file(&dest, file.contents.as_bytes(), file.mode)?;
+            write_file(&dest, &file.contents, file.mode)?;
             files.push(RenderedHostFile {
                 host: host.name.clone(),
                 path: file.path.display().to_string(),
                 mode: format!("{:04o}", file.mode),
             });
         }
-
-        let mut copies: Vec<&str> = vec!["pki/ca.crt"];
-        if host.has_role(Role::ControlPlane) {
-            copies = CONTROL_PLANE_PKI_FILES.to_vec();
-            if datastore_is_etcd {
-                copies.extend([
-                    "pki/etcd/ca.crt",
-                    "pki/apiserver-etcd-client.crt",
-                    "pki/apiserver-etcd-client.key",
-                ]);
-            }
-        }
-        if datastore_is_etcd && etcd_members.contains(&host.name) {
-            copies.extend(ETCD_PKI_FILES);
-        }
-        copies.sort_unstable();
-        copies.dedup();
-        for rel in copies {
-            let src = state.join(rel);
-            let target = Path::new("/etc/kubernetes").join(rel);
-            let dest = under(&root, &target)?;
-            let contents =
-                fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?;
-            let mode = if rel.ends_with(".key") || rel.ends_with(".conf") {
-                0o600
-            } else {
-                0o644
-            };
-            write_file(&dest, &contents, mode)?;
-            files.push(RenderedHostFile {
-                host: host.name.clone(),
-                path: target.display().to_string(),
-                mode: format!("{mode:04o}"),
-            });
-        }
-
-        // The node agent's kubeconfig (CN system:node:<name>), signed by the cluster CA.
-        let kubelet_dir = under(&root, Path::new("/etc/kubernetes"))?;
-        fs::create_dir_all(&kubelet_dir)
-            .with_context(|| format!("cannot create {}", kubelet_dir.display()))?;
-        write_node_kubeconfig(&spec, &host.name, &kubelet_dir)
-            .with_context(|| format!("cannot write the agent kubeconfig of host {}", host.name))?;
-        files.push(RenderedHostFile {
-            host: host.name.clone(),
-            path: "/etc/kubernetes/kubelet.conf".into(),
-            mode: "0600".into(),
-        });
     }
     Ok(RenderSummary {
         dir: dir.to_path_buf(),

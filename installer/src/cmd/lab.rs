@@ -16,7 +16,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use kinit_lab::{LabConfig, LabState, Progress};
 use serde::Serialize;
 
-use crate::output::{emit, OutputFormat};
+use kinit::output::{emit, OutputFormat};
 
 /// Arguments of `kinit lab`.
 #[derive(Debug, Args)]

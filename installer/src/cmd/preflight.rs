@@ -12,7 +12,7 @@ use kinit_executor::preflight::{
 };
 use kinit_executor::{AnyHost, HostKeyPolicy, LocalHost, SshAuth, SshConfig, SshHost};
 
-use crate::output::{emit, OutputFormat};
+use kinit::output::{emit, OutputFormat};
 
 /// A host role, as in the inventory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -22,8 +22,8 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::client;
-use crate::output::{emit, OutputFormat};
+use kinit::client;
+use kinit::output::{emit, OutputFormat};
 
 /// Group kubeadm gives node-join tokens; the default RBAC lets it create node CSRs.
 pub const DEFAULT_GROUP: &str = "system:bootstrappers:kubeadm:default-node-token";

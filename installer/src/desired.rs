@@ -1,0 +1,229 @@
+//! The desired state of every host: the exact files (path, mode, bytes) kinit puts there,
+//! computed on the admin box from the inventory and the cluster state directory.
+//!
+//! `kinit config render` writes them into a directory for review; the installer's phases
+//! compare them with what a host has and upload only the difference.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use kinit_inventory::{Datastore, Host, Inventory, Role};
+use kinit_pki::{generate, write_node_kubeconfig, CaKind, GenerateReport, PkiSpec};
+
+use crate::cluster::{self, ClusterDerived};
+
+/// One file a host should have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredFile {
+    /// Absolute path on the host.
+    pub path: PathBuf,
+    /// Permission bits (0600 for keys and kubeconfigs).
+    pub mode: u32,
+    /// Exact contents.
+    pub contents: Vec<u8>,
+}
+
+/// Files every control plane gets from the cluster PKI (relative to `/etc/kubernetes`).
+const CONTROL_PLANE_PKI_FILES: &[&str] = &[
+    "pki/ca.crt",
+    "pki/ca.key",
+    "pki/apiserver.crt",
+    "pki/apiserver.key",
+    "pki/apiserver-kubelet-client.crt",
+    "pki/apiserver-kubelet-client.key",
+    "pki/front-proxy-ca.crt",
+    "pki/front-proxy-ca.key",
+    "pki/front-proxy-client.crt",
+    "pki/front-proxy-client.key",
+    "pki/sa.key",
+    "pki/sa.pub",
+    "admin.conf",
+    "super-admin.conf",
+    "controller-manager.conf",
+    "scheduler.conf",
+];
+
+/// Extra files for control planes when the datastore is etcd.
+const ETCD_CLIENT_FILES: &[&str] = &[
+    "pki/etcd/ca.crt",
+    "pki/apiserver-etcd-client.crt",
+    "pki/apiserver-etcd-client.key",
+];
+
+/// Extra files for etcd members.
+const ETCD_MEMBER_FILES: &[&str] = &[
+    "pki/etcd/ca.crt",
+    "pki/etcd/ca.key",
+    "pki/etcd/server.crt",
+    "pki/etcd/server.key",
+    "pki/etcd/peer.crt",
+    "pki/etcd/peer.key",
+    "pki/etcd/healthcheck-client.crt",
+    "pki/etcd/healthcheck-client.key",
+];
+
+/// The cluster state directory on the admin box: `pki/`, the kubeconfigs, and one agent
+/// kubeconfig per node under `nodes/<name>/`. Later commands sign and renew from it.
+pub struct ClusterState {
+    dir: PathBuf,
+    spec: PkiSpec,
+    derived: ClusterDerived,
+}
+
+impl ClusterState {
+    /// Generates (or reuses) the cluster PKI in `dir` for `inventory`.
+    pub fn prepare(inventory: &Inventory, dir: &Path) -> anyhow::Result<(Self, GenerateReport)> {
+        let pki_dir = dir.join("pki");
+        let spec = cluster::pki_spec(inventory, &pki_dir, Some(dir.to_path_buf()))?;
+        let report = generate(&spec)
+            .with_context(|| format!("cannot generate the cluster PKI in {}", pki_dir.display()))?;
+        let ca_key = fs::read(CaKind::Kubernetes.key_path(&pki_dir))
+            .with_context(|| format!("cannot read the cluster CA key in {}", pki_dir.display()))?;
+        let derived = ClusterDerived::new(inventory, &ca_key)?;
+        Ok((
+            ClusterState {
+                dir: dir.to_path_buf(),
+                spec,
+                derived,
+            },
+            report,
+        ))
+    }
+
+    /// Every file `host` should have: rendered templates, its share of the PKI and its agent
+    /// kubeconfig, sorted by path.
+    pub fn host_files(
+        &self,
+        inventory: &Inventory,
+        host: &Host,
+    ) -> anyhow::Result<Vec<DesiredFile>> {
+        let context = cluster::render_context(inventory, host, &self.derived)
+            .with_context(|| format!("cannot build the settings of host {}", host.name))?;
+        let mut files: Vec<DesiredFile> = kinit_templates::render_all(&context)
+            .with_context(|| format!("cannot render the files of host {}", host.name))?
+            .into_iter()
+            .map(|f| DesiredFile {
+                path: f.path,
+                mode: f.mode,
+                contents: f.contents.into_bytes(),
+            })
+            .collect();
+
+        let etcd = inventory.datastore() == Datastore::Etcd;
+        let mut copies: Vec<&str> = vec!["pki/ca.crt"];
+        if host.has_role(Role::ControlPlane) {
+            copies.extend(CONTROL_PLANE_PKI_FILES);
+            if etcd {
+                copies.extend(ETCD_CLIENT_FILES);
+            }
+        }
+        if etcd && inventory.etcd_members().iter().any(|m| m.name == host.name) {
+            copies.extend(ETCD_MEMBER_FILES);
+        }
+        copies.sort_unstable();
+        copies.dedup();
+        for rel in copies {
+            let src = self.dir.join(rel);
+            let contents = fs::read(&src).with_context(|| {
+                format!(
+                    "cannot read {} from the cluster state; re-run to regenerate it",
+                    src.display()
+                )
+            })?;
+            let secret = rel.ends_with(".key") || rel.ends_with(".conf");
+            files.push(DesiredFile {
+                path: Path::new("/etc/kubernetes").join(rel),
+                mode: if secret { 0o600 } else { 0o644 },
+                contents,
+            });
+        }
+
+        // The agent's kubeconfig (CN system:node:<name>), kept in the state dir so re-runs
+        // reuse the same valid certificate instead of changing the host on every run.
+        let node_dir = self.dir.join("nodes").join(&host.name);
+        fs::create_dir_all(&node_dir)
+            .with_context(|| format!("cannot create {}", node_dir.display()))?;
+        let report = write_node_kubeconfig(&self.spec, &host.name, &node_dir)
+            .with_context(|| format!("cannot write the agent kubeconfig of host {}", host.name))?;
+        files.push(DesiredFile {
+            path: PathBuf::from("/etc/kubernetes/kubelet.conf"),
+            mode: 0o600,
+            contents: fs::read(&report.path)
+                .with_context(|| format!("cannot read {}", report.path.display()))?,
+        });
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(files)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inventory(name: &str) -> Inventory {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../inventory/examples")
+            .join(name);
+        Inventory::from_path(&path).unwrap()
+    }
+
+    fn paths(files: &[DesiredFile]) -> Vec<String> {
+        files.iter().map(|f| f.path.display().to_string()).collect()
+    }
+
+    #[test]
+    fn roles_decide_which_files_a_host_gets_and_reruns_are_identical() {
+        let inv = inventory("ha.yaml");
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = ClusterState::prepare(&inv, dir.path()).unwrap();
+        let cp = &inv.spec.hosts[0];
+        let files = state.host_files(&inv, cp).unwrap();
+        let names = paths(&files);
+        for expected in [
+            "/etc/kubernetes/pki/ca.key",
+            "/etc/kubernetes/pki/apiserver-etcd-client.key",
+            "/etc/kubernetes/pki/etcd/peer.key",
+            "/etc/kubernetes/admin.conf",
+            "/etc/kubernetes/kubelet.conf",
+            "/etc/kubernetes/manifests/kube-apiserver.yaml",
+        ] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} in {names:?}"
+            );
+        }
+        for f in &files {
+            let name = f.path.display().to_string();
+            if name.ends_with(".key") || name.ends_with(".conf") {
+                assert_eq!(f.mode, 0o600, "{name}");
+            }
+        }
+
+        // A second run against the same state dir wants exactly the same bytes: applying twice
+        // changes nothing on the hosts.
+        let (again, report) = ClusterState::prepare(&inv, dir.path()).unwrap();
+        assert!(report
+            .files
+            .iter()
+            .all(|f| f.action == kinit_pki::FileAction::Reused));
+        assert_eq!(again.host_files(&inv, cp).unwrap(), files);
+    }
+
+    #[test]
+    fn workers_get_no_cluster_secrets() {
+        let inv = inventory("three-node.yaml");
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = ClusterState::prepare(&inv, dir.path()).unwrap();
+        let worker = inv.workers()[0];
+        let names = paths(&state.host_files(&inv, worker).unwrap());
+        assert!(names.contains(&"/etc/kubernetes/pki/ca.crt".to_string()));
+        assert!(names.contains(&"/etc/kubernetes/kubelet.conf".to_string()));
+        for secret in ["ca.key", "sa.key", "admin.conf", "kube-apiserver.yaml"] {
+            assert!(
+                !names.iter().any(|n| n.ends_with(secret)),
+                "{secret} in {names:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The installer's library: how an inventory becomes files on hosts, and the helpers the `kinit`
+//! subcommands share. The binary (`main.rs`, `cmd/`) is the CLI around it.
+
+pub mod client;
+pub mod cluster;
+pub mod desired;
+pub mod output;
+pub mod sync;
