@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 # etcd-server: the store's etcd backend is tested against a real etcd; vagrant: `vagrant validate`;
 # protobuf-compiler: the etcd client crate compiles etcd's protobuf API at build time.
-need_pkgs=(openssl debootstrap systemd-container iproute2 openssh-client nftables etcd-server vagrant protobuf-compiler)
+# containerd, runc: images are imported and run in a private containerd the tests start.
+need_pkgs=(openssl debootstrap systemd-container iproute2 openssh-client nftables etcd-server vagrant protobuf-compiler containerd runc)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

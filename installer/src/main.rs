@@ -28,6 +28,12 @@ enum Command {
     Token(cmd::token::TokenArgs),
     /// Sign a client kubeconfig for a user with the cluster CA.
     Kubeconfig(cmd::kubeconfig::KubeconfigArgs),
+    /// Build the OCI images kinit runs from (control plane, pause, demo app) out of this binary.
+    Images(kinit_images::ImagesArgs),
+    /// The infra process of every pod sandbox (what the pause image runs).
+    Pause(kinit_images::PauseArgs),
+    /// A small HTTP demo app for tests and docs (what the demoapp image runs).
+    Demoapp(kinit_images::DemoAppArgs),
     /// Run the API server on this host (what the kube-apiserver static pod runs).
     Apiserver(Box<kinit_apiserver::ApiServerArgs>),
 }
@@ -42,6 +48,13 @@ fn main() -> std::process::ExitCode {
         Command::Lab(args) => cmd::lab::run(args),
         Command::Token(args) => cmd::token::run(args),
         Command::Kubeconfig(args) => cmd::kubeconfig::run(args),
+        Command::Images(args) => kinit_images::run_images(args)
+            .map(|_| std::process::ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
+        Command::Pause(args) => kinit_images::run_pause(args)
+            .map(|()| std::process::ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
+        Command::Demoapp(args) => cmd::component::run("demoapp", kinit_images::run_demoapp(args)),
         Command::Apiserver(args) => cmd::component::run("apiserver", kinit_apiserver::run(*args)),
     };
     match result {
