@@ -3,6 +3,8 @@
 
 pub mod client;
 pub mod cluster;
+pub mod converge;
 pub mod desired;
 pub mod output;
+pub mod phases;
 pub mod sync;

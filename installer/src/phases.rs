@@ -1,0 +1,318 @@
+//! Installation phases for one host: each observes the host first and runs only when the host
+//! differs from the desired state, so a re-run on a converged host does nothing and a run that
+//! was killed midway converges when repeated.
+
+use std::path::{Path, PathBuf};
+
+use kinit_executor::{shell_quote, ExecError, FileAttrs, Host, UploadSource};
+use kinit_images::kinit::archive_file_name;
+use kinit_images::KinitImage;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::desired::DesiredFile;
+use crate::sync::{self, FileChange, FileStatus};
+
+/// Where the kinit binary lives on hosts (the agent unit and static pods run it from here).
+pub const BINARY_PATH: &str = "/usr/local/bin/kinit";
+/// containerd's configuration file, rendered by kinit.
+pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+/// The agent's systemd unit name.
+pub const AGENT_UNIT: &str = "kinit-agent.service";
+
+/// Where hosts keep the image archives they built and the digest of the binary they came from.
+pub const IMAGES_DIR: &str = "/var/lib/kinit/images";
+
+/// Files whose change means the agent must restart.
+const AGENT_INPUTS: &[&str] = &[
+    "/etc/systemd/system/kinit-agent.service",
+    "/var/lib/kinit/agent/config.yaml",
+    "/etc/kubernetes/kubelet.conf",
+];
+
+/// A phase, in the order phases run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PhaseName {
+    /// Put this kinit binary at [`BINARY_PATH`].
+    Binary,
+    /// Write configuration, certificates, kubeconfigs, manifests and units.
+    Files,
+    /// (Re)start containerd with kinit's configuration.
+    Containerd,
+    /// Build kinit's images from the installed binary on the host and import them into
+    /// containerd's `k8s.io` namespace (no registry involved).
+    Images,
+    /// (Re)start the node agent.
+    Agent,
+}
+
+impl PhaseName {
+    /// Short human title for progress bars and tables.
+    pub fn title(self) -> &'static str {
+        match self {
+            PhaseName::Binary => "install kinit binary",
+            PhaseName::Files => "write files",
+            PhaseName::Containerd => "restart containerd",
+            PhaseName::Images => "import images",
+            PhaseName::Agent => "start node agent",
+        }
+    }
+}
+
+/// One planned phase and why it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedPhase {
+    /// Which phase.
+    pub phase: PhaseName,
+    /// What the observation found, e.g. "3 files differ".
+    pub reason: String,
+}
+
+/// What a host needs, from one observation.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostPlan {
+    /// Host name.
+    pub host: String,
+    /// Phases to run, in order; empty when the host is converged.
+    pub phases: Vec<PlannedPhase>,
+    /// Per-file comparison.
+    pub files: Vec<FileChange>,
+}
+
+/// The local binary to install and its digest.
+#[derive(Debug, Clone)]
+pub struct Binary {
+    /// Path on the admin box.
+    pub path: PathBuf,
+    /// Hex SHA-256 of its contents.
+    pub sha256: String,
+}
+
+impl Binary {
+    /// Reads and hashes `path`.
+    pub fn load(path: &Path) -> std::io::Result<Binary> {
+        let bytes = std::fs::read(path)?;
+        Ok(Binary {
+            path: path.to_path_buf(),
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        })
+    }
+}
+
+/// Everything one host should end up with.
+#[derive(Debug, Clone)]
+pub struct HostTarget {
+    /// The binary to install.
+    pub binary: Binary,
+    /// The host's desired files.
+    pub files: Vec<DesiredFile>,
+}
+
+/// Errors of a phase, naming the host and the phase.
+#[derive(Debug, thiserror::Error)]
+pub enum PhaseError {
+    /// A command or transfer failed.
+    #[error("{phase}: {source}")]
+    Exec {
+        /// The phase's title.
+        phase: &'static str,
+        /// What failed.
+        #[source]
+        source: ExecError,
+    },
+    /// The host lacks something kinit does not install itself.
+    #[error("{host}: {what}")]
+    Prerequisite {
+        /// Host name.
+        host: String,
+        /// What is missing and how to provide it.
+        what: String,
+    },
+}
+
+fn exec(phase: PhaseName) -> impl FnOnce(ExecError) -> PhaseError {
+    move |source| PhaseError::Exec {
+        phase: phase.title(),
+        source,
+    }
+}
+
+async fn unit_active<H: Host>(host: &H, unit: &str) -> Result<bool, ExecError> {
+    Ok(host
+        .run(&format!("systemctl is-active --quiet {unit}"))
+        .await?
+        .success())
+}
+
+/// Observes `host` and decides which phases it needs.
+pub async fn plan<H: Host>(host: &H, target: &HostTarget) -> Result<HostPlan, PhaseError> {
+    let mut phases = Vec::new();
+
+    let remote = host
+        .run(&format!("sha256sum {BINARY_PATH} 2>/dev/null"))
+        .await
+        .map_err(exec(PhaseName::Binary))?;
+    let remote_sum = String::from_utf8_lossy(&remote.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_string);
+    match remote_sum {
+        Some(sum) if sum == target.binary.sha256 => {}
+        Some(_) => phases.push(PlannedPhase {
+            phase: PhaseName::Binary,
+            reason: "a different kinit binary is installed".into(),
+        }),
+        None => phases.push(PlannedPhase {
+            phase: PhaseName::Binary,
+            reason: "kinit is not installed".into(),
+        }),
+    }
+
+    let files = sync::observe(host, &target.files)
+        .await
+        .map_err(exec(PhaseName::Files))?;
+    let changed: Vec<&FileChange> = files
+        .iter()
+        .filter(|c| c.status != FileStatus::UpToDate)
+        .collect();
+    if !changed.is_empty() {
+        phases.push(PlannedPhase {
+            phase: PhaseName::Files,
+            reason: format!("{} of {} files differ", changed.len(), files.len()),
+        });
+    }
+    let touched = |path: &str| changed.iter().any(|c| c.path == path);
+
+    let has_containerd = host
+        .run("command -v containerd >/dev/null")
+        .await
+        .map_err(exec(PhaseName::Containerd))?
+        .success();
+    if !has_containerd {
+        return Err(PhaseError::Prerequisite {
+            host: host.name().to_string(),
+            what: "containerd is not installed; install containerd and runc (Debian/Ubuntu: apt-get install -y containerd runc) and re-run".into(),
+        });
+    }
+    let containerd_active = unit_active(host, "containerd")
+        .await
+        .map_err(exec(PhaseName::Containerd))?;
+    if touched(CONTAINERD_CONFIG) || !containerd_active {
+        phases.push(PlannedPhase {
+            phase: PhaseName::Containerd,
+            reason: if containerd_active {
+                "its configuration changed".into()
+            } else {
+                "containerd is not running".into()
+            },
+        });
+    }
+
+    let marker = host
+        .run(&format!("cat {IMAGES_DIR}/binary.sha256 2>/dev/null"))
+        .await
+        .map_err(exec(PhaseName::Images))?;
+    let imported_from = String::from_utf8_lossy(&marker.stdout).trim().to_string();
+    let listed = host
+        .run("ctr -n k8s.io images ls -q 2>/dev/null")
+        .await
+        .map_err(exec(PhaseName::Images))?;
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let tag = KinitImage::default_tag();
+    let missing: Vec<String> = KinitImage::ALL
+        .iter()
+        .map(|i| i.reference(&tag))
+        .filter(|r| !listed.lines().any(|l| l.trim() == r))
+        .collect();
+    if imported_from != target.binary.sha256 || !missing.is_empty() {
+        phases.push(PlannedPhase {
+            phase: PhaseName::Images,
+            reason: if missing.is_empty() {
+                "the images were built from another kinit binary".into()
+            } else {
+                format!("{} not in containerd", missing.join(", "))
+            },
+        });
+    }
+
+    let agent_active = unit_active(host, AGENT_UNIT)
+        .await
+        .map_err(exec(PhaseName::Agent))?;
+    let binary_changes = phases.iter().any(|p| p.phase == PhaseName::Binary);
+    if !agent_active || binary_changes || AGENT_INPUTS.iter().any(|p| touched(p)) {
+        phases.push(PlannedPhase {
+            phase: PhaseName::Agent,
+            reason: if agent_active {
+                "its binary or configuration changed".into()
+            } else {
+                "the agent is not running".into()
+            },
+        });
+    }
+
+    Ok(HostPlan {
+        host: host.name().to_string(),
+        phases,
+        files,
+    })
+}
+
+/// Runs one planned phase.
+pub async fn run_phase<H: Host>(
+    host: &H,
+    target: &HostTarget,
+    plan: &HostPlan,
+    phase: PhaseName,
+    run_id: &str,
+) -> Result<(), PhaseError> {
+    let err = exec(phase);
+    match phase {
+        PhaseName::Binary => host
+            .upload(
+                UploadSource::File(&target.binary.path),
+                BINARY_PATH,
+                &FileAttrs::mode(0o755),
+            )
+            .await
+            .map_err(err),
+        PhaseName::Files => sync::apply(host, &target.files, &plan.files, run_id)
+            .await
+            .map(|_| ())
+            .map_err(err),
+        PhaseName::Containerd => host
+            .run_checked("systemctl enable containerd >/dev/null 2>&1; systemctl restart containerd")
+            .await
+            .map(|_| ())
+            .map_err(err),
+        PhaseName::Images => {
+            let tag = KinitImage::default_tag();
+            let mut script = format!(
+                "set -e\nmkdir -p -m 0700 {IMAGES_DIR}\n{BINARY_PATH} images build --out {IMAGES_DIR} --compression none >/dev/null\n"
+            );
+            for image in KinitImage::ALL {
+                script.push_str(&format!(
+                    "ctr -n k8s.io images import --all-platforms {IMAGES_DIR}/{} >/dev/null\nrm -f {IMAGES_DIR}/{}\n",
+                    archive_file_name(image, &tag),
+                    archive_file_name(image, &tag)
+                ));
+            }
+            script.push_str(&format!(
+                "echo {} > {IMAGES_DIR}/binary.sha256\n",
+                target.binary.sha256
+            ));
+            let quoted = shell_quote(&script).expect("the script holds no NUL byte");
+            host.run_checked(&format!("sh -c {quoted}"))
+                .await
+                .map(|_| ())
+                .map_err(err)
+        }
+        PhaseName::Agent => host
+            .run_checked(&format!(
+                "systemctl daemon-reload && systemctl enable {AGENT_UNIT} >/dev/null 2>&1 && systemctl restart {AGENT_UNIT}"
+            ))
+            .await
+            .map(|_| ())
+            .map_err(err),
+    }
+}

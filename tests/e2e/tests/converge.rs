@@ -1,0 +1,148 @@
+//! End-to-end: the installer's phases on a real lab host over SSH — the kinit binary, every
+//! desired file, containerd with kinit's configuration and kinit's own images imported into
+//! containerd — and a second observation that finds those phases converged.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Instant;
+
+use kinit::converge::{converge, run_id, ConvergeOptions};
+use kinit::desired::ClusterState;
+use kinit::phases::{Binary, HostTarget, PhaseName};
+use kinit_e2e::{e2e_enabled, kinit_bin, test_config, LabGuard};
+use kinit_executor::{Host, SshHost};
+use kinit_inventory::Inventory;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn phases_install_files_containerd_and_images_then_converge() {
+    if !e2e_enabled("phases_install_files_containerd_and_images_then_converge") {
+        return;
+    }
+    let binary = Binary::load(&kinit_bin().expect("KINIT_BIN names the kinit binary under test"))
+        .expect("read the kinit binary");
+    let config = test_config("converge", 1);
+    let state = kinit_lab::up(&config, &()).await.expect("lab up");
+    let _guard = LabGuard::new(&config.run_dir, &config.name);
+
+    let inventory = Inventory::from_path(&state.inventory).expect("the lab inventory validates");
+    let cluster_dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = ClusterState::prepare(&inventory, cluster_dir.path()).unwrap();
+    let node = &inventory.spec.hosts[0];
+    let files = cluster.host_files(&inventory, node).unwrap();
+    let target = HostTarget {
+        binary,
+        files: files.clone(),
+    };
+    let hosts = vec![(SshHost::new(state.ssh_config(0, "root")), target)];
+    let options = ConvergeOptions {
+        concurrency: 4,
+        dry_run: false,
+        progress: false,
+    };
+
+    println!("--- dry run plans every phase and changes nothing");
+    let planned = converge(
+        &hosts,
+        ConvergeOptions {
+            dry_run: true,
+            ..options
+        },
+        "dry",
+    )
+    .await;
+    let plan = planned[0].plan.as_ref().expect("observed");
+    let names: Vec<PhaseName> = plan.phases.iter().map(|p| p.phase).collect();
+    for phase in [
+        PhaseName::Binary,
+        PhaseName::Files,
+        PhaseName::Containerd,
+        PhaseName::Images,
+    ] {
+        assert!(names.contains(&phase), "{phase:?} in {names:?}");
+    }
+    assert!(planned[0].ran.is_empty());
+    let host = &hosts[0].0;
+    assert!(!host.exists("/usr/local/bin/kinit").await.unwrap());
+
+    println!("--- first run");
+    let started = Instant::now();
+    let first = converge(&hosts, options, &run_id()).await;
+    println!("first run took {:.1} s", started.elapsed().as_secs_f64());
+    assert!(first[0].ok(), "{:?}", first[0].error);
+
+    let version = host
+        .run_checked("/usr/local/bin/kinit --version")
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("kinit "));
+    for file in &files {
+        let path = file.path.display().to_string();
+        let remote = host.read_file(&path).await.unwrap();
+        assert_eq!(remote, file.contents, "{path}");
+    }
+    let mode = host
+        .run_checked("stat -c %a /etc/kubernetes/pki/ca.crt /etc/kubernetes/kubelet.conf")
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&mode.stdout), "644\n600\n");
+    assert!(host
+        .run("systemctl is-active --quiet containerd")
+        .await
+        .unwrap()
+        .success());
+    let images = host
+        .run_checked("ctr -n k8s.io images ls -q")
+        .await
+        .unwrap();
+    let images = String::from_utf8_lossy(&images.stdout);
+    for image in kinit_images::KinitImage::ALL {
+        let reference = image.reference(&kinit_images::KinitImage::default_tag());
+        assert!(
+            images.lines().any(|l| l == reference),
+            "{reference} in {images}"
+        );
+    }
+
+    println!("--- second observation: binary, files, containerd and images are converged");
+    let started = Instant::now();
+    let second = converge(
+        &hosts,
+        ConvergeOptions {
+            dry_run: true,
+            ..options
+        },
+        "dry",
+    )
+    .await;
+    println!("observing took {:.2} s", started.elapsed().as_secs_f64());
+    let plan = second[0].plan.as_ref().expect("observed");
+    let again: Vec<PhaseName> = plan.phases.iter().map(|p| p.phase).collect();
+    for phase in [
+        PhaseName::Binary,
+        PhaseName::Files,
+        PhaseName::Containerd,
+        PhaseName::Images,
+    ] {
+        assert!(!again.contains(&phase), "{phase:?} planned again: {plan:?}");
+    }
+
+    println!("--- a file changed on the host is restored and the old copy is kept");
+    host.run_checked("echo tampered > /etc/kubernetes/pki/ca.crt")
+        .await
+        .unwrap();
+    let third = converge(&hosts, options, "restore-test").await;
+    assert!(third[0].ok(), "{:?}", third[0].error);
+    assert!(third[0].ran.contains(&PhaseName::Files));
+    let restored = host.read_file("/etc/kubernetes/pki/ca.crt").await.unwrap();
+    assert_ne!(restored, b"tampered\n");
+    let backup = host
+        .read_file("/var/lib/kinit/backup/restore-test/etc/kubernetes/pki/ca.crt")
+        .await
+        .unwrap();
+    assert_eq!(backup, b"tampered\n");
+    let key_mode = std::fs::metadata(&state.ssh_key)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(key_mode, 0o600);
+}
