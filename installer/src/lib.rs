@@ -7,4 +7,5 @@ pub mod converge;
 pub mod desired;
 pub mod output;
 pub mod phases;
+pub mod reset;
 pub mod sync;

@@ -4,14 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
-use kinit_executor::{shell_quote, ExecError, FileAttrs, Host, UploadSource};
+use kinit_executor::{shell_quote, ExecError, Host, UploadSource};
 use kinit_images::kinit::archive_file_name;
 use kinit_images::KinitImage;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::desired::DesiredFile;
-use crate::sync::{self, FileChange, FileStatus};
+use crate::sync::{self, FileChange, FileStatus, STATE_ROOT};
 
 /// Where the kinit binary lives on hosts (the agent unit and static pods run it from here).
 pub const BINARY_PATH: &str = "/usr/local/bin/kinit";
@@ -268,15 +268,17 @@ pub async fn run_phase<H: Host>(
 ) -> Result<(), PhaseError> {
     let err = exec(phase);
     match phase {
-        PhaseName::Binary => host
-            .upload(
-                UploadSource::File(&target.binary.path),
-                BINARY_PATH,
-                &FileAttrs::mode(0o755),
-            )
-            .await
-            .map_err(err),
-        PhaseName::Files => sync::apply(host, &target.files, &plan.files, run_id)
+        PhaseName::Binary => sync::write_managed(
+            host,
+            UploadSource::File(&target.binary.path),
+            BINARY_PATH,
+            0o755,
+            STATE_ROOT,
+            run_id,
+        )
+        .await
+        .map_err(err),
+        PhaseName::Files => sync::apply(host, &target.files, &plan.files, STATE_ROOT, run_id)
             .await
             .map(|_| ())
             .map_err(err),

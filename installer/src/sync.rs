@@ -9,8 +9,14 @@ use sha2::{Digest, Sha256};
 
 use crate::desired::DesiredFile;
 
-/// Where replaced files are kept on the host: `<BACKUP_ROOT>/<run id>/<original path>`.
-pub const BACKUP_ROOT: &str = "/var/lib/kinit/backup";
+/// kinit's state directory on hosts.
+pub const STATE_ROOT: &str = "/var/lib/kinit";
+
+/// Paths relative to a state root:
+/// - `backup/<run id>/<path>`: every file a run replaced, as it was;
+/// - `originals/<path>`: files that existed before kinit first wrote them (what `reset` restores);
+/// - `managed-files`: every path kinit has written, one per line (what `reset` removes).
+pub const MANAGED_LIST: &str = "managed-files";
 
 /// How a host's copy of a file compares with the desired one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -102,12 +108,60 @@ pub async fn observe<H: Host>(
         .collect())
 }
 
-/// Uploads every file whose status is not up to date. Files that exist are first copied to
-/// `<BACKUP_ROOT>/<run_id>/…` (with their mode), so nothing kinit replaces is lost.
+/// Before kinit replaces `path`: keep the pre-kinit original once, and this run's backup.
+fn before_write_script(state_root: &str, run_id: &str, path: &str) -> Option<String> {
+    let p = shell_quote(path)?;
+    let managed = shell_quote(&format!("{state_root}/{MANAGED_LIST}"))?;
+    let original = shell_quote(&format!("{state_root}/originals{path}"))?;
+    let backup = shell_quote(&format!("{state_root}/backup/{run_id}{path}"))?;
+    Some(format!(
+        "set -e; if [ -e {p} ]; then \
+         if ! grep -qxF -- {p} {managed} 2>/dev/null; then mkdir -p -m 0700 \"$(dirname {original})\"; cp -p {p} {original}; fi; \
+         mkdir -p -m 0700 \"$(dirname {backup})\"; cp -p {p} {backup}; fi"
+    ))
+}
+
+/// After kinit wrote `path`: list it as managed (once).
+fn after_write_script(state_root: &str, path: &str) -> Option<String> {
+    let p = shell_quote(path)?;
+    let root = shell_quote(state_root)?;
+    let managed = shell_quote(&format!("{state_root}/{MANAGED_LIST}"))?;
+    Some(format!(
+        "mkdir -p -m 0700 {root} && {{ grep -qxF -- {p} {managed} 2>/dev/null || echo {p} >> {managed}; }}"
+    ))
+}
+
+/// Writes `contents` to `path` on `host` the managed way: the pre-kinit original is kept under
+/// `<state_root>/originals`, the replaced copy under `<state_root>/backup/<run_id>`, and the
+/// path is recorded in `<state_root>/managed-files` so `kinit reset` can undo it.
+pub async fn write_managed<H: Host>(
+    host: &H,
+    source: UploadSource<'_>,
+    path: &str,
+    mode: u32,
+    state_root: &str,
+    run_id: &str,
+) -> Result<(), ExecError> {
+    let unquotable = || ExecError::Unquotable {
+        host: host.name().to_string(),
+        what: format!("path {path}"),
+    };
+    let before = before_write_script(state_root, run_id, path).ok_or_else(unquotable)?;
+    host.run_checked(&format!("sh -c {}", quoted(host.name(), &before)?))
+        .await?;
+    host.upload(source, path, &FileAttrs::mode(mode)).await?;
+    let after = after_write_script(state_root, path).ok_or_else(unquotable)?;
+    host.run_checked(&format!("sh -c {}", quoted(host.name(), &after)?))
+        .await?;
+    Ok(())
+}
+
+/// Writes every file whose status is not up to date (see [`write_managed`]); returns how many.
 pub async fn apply<H: Host>(
     host: &H,
     files: &[DesiredFile],
     changes: &[FileChange],
+    state_root: &str,
     run_id: &str,
 ) -> Result<usize, ExecError> {
     let mut written = 0;
@@ -116,18 +170,13 @@ pub async fn apply<H: Host>(
             continue;
         }
         let path = file.path.display().to_string();
-        if change.status != FileStatus::Missing {
-            let backup = format!("{BACKUP_ROOT}/{run_id}{path}");
-            let (src, dst) = (quoted(host.name(), &path)?, quoted(host.name(), &backup)?);
-            host.run_checked(&format!(
-                "mkdir -p -m 0700 \"$(dirname {dst})\" && cp -p {src} {dst}"
-            ))
-            .await?;
-        }
-        host.upload(
+        write_managed(
+            host,
             UploadSource::Bytes(&file.contents),
             &path,
-            &FileAttrs::mode(file.mode),
+            file.mode,
+            state_root,
+            run_id,
         )
         .await?;
         written += 1;
@@ -185,20 +234,38 @@ mod tests {
             ]
         );
 
-        let run_id = format!("test-{}", std::process::id());
-        let written = apply(&host, &files, &changes, &run_id).await.unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let state_root = state.path().to_str().unwrap();
+        let written = apply(&host, &files, &changes, state_root, "run1")
+            .await
+            .unwrap();
         assert_eq!(written, 3);
         for f in &files {
             assert_eq!(std::fs::read(&f.path).unwrap(), f.contents);
             let mode = std::fs::metadata(&f.path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, f.mode, "{}", f.path.display());
         }
-        let backup_dir = std::path::PathBuf::from(format!("{BACKUP_ROOT}/{run_id}"));
-        let backup = backup_dir
-            .join(dir.path().strip_prefix("/").unwrap())
-            .join("a.conf");
+        let rel = dir.path().strip_prefix("/").unwrap();
+        let backup = state.path().join("backup/run1").join(rel).join("a.conf");
         assert_eq!(std::fs::read_to_string(&backup).unwrap(), "old a\n");
-        std::fs::remove_dir_all(&backup_dir).unwrap();
+        let original = state.path().join("originals").join(rel).join("a.conf");
+        assert_eq!(std::fs::read_to_string(&original).unwrap(), "old a\n");
+        let managed = std::fs::read_to_string(state.path().join(MANAGED_LIST)).unwrap();
+        assert_eq!(managed.lines().count(), 3, "{managed}");
+
+        // A later change backs up kinit's own version but keeps the pre-kinit original.
+        let mut newer = files.clone();
+        newer[0].contents = b"newer a\n".to_vec();
+        let changes = observe(&host, &newer).await.unwrap();
+        apply(&host, &newer, &changes, state_root, "run2")
+            .await
+            .unwrap();
+        let backup2 = state.path().join("backup/run2").join(rel).join("a.conf");
+        assert_eq!(std::fs::read_to_string(&backup2).unwrap(), "new a\n");
+        assert_eq!(std::fs::read_to_string(&original).unwrap(), "old a\n");
+        let managed = std::fs::read_to_string(state.path().join(MANAGED_LIST)).unwrap();
+        assert_eq!(managed.lines().count(), 3, "listed once: {managed}");
+        std::fs::write(&newer[0].path, "new a\n").unwrap();
 
         // Converged: a second observation finds nothing to do.
         let again = observe(&host, &files).await.unwrap();

@@ -8,6 +8,7 @@ use std::time::Instant;
 use kinit::converge::{converge, run_id, ConvergeOptions};
 use kinit::desired::ClusterState;
 use kinit::phases::{Binary, HostTarget, PhaseName};
+use kinit::reset::reset;
 use kinit_e2e::{e2e_enabled, kinit_bin, test_config, LabGuard};
 use kinit_executor::{Host, SshHost};
 use kinit_inventory::Inventory;
@@ -62,6 +63,7 @@ async fn phases_install_files_containerd_and_images_then_converge() {
     assert!(planned[0].ran.is_empty());
     let host = &hosts[0].0;
     assert!(!host.exists("/usr/local/bin/kinit").await.unwrap());
+    let containerd_config_before = host.read_file("/etc/containerd/config.toml").await.unwrap();
 
     println!("--- first run");
     let started = Instant::now();
@@ -145,4 +147,58 @@ async fn phases_install_files_containerd_and_images_then_converge() {
         .mode()
         & 0o777;
     assert_eq!(key_mode, 0o600);
+
+    println!("--- reset --dry-run lists the work and changes nothing");
+    let plan = reset(host, true).await.unwrap();
+    for expected in [
+        "rm -f /usr/local/bin/kinit",
+        "rm -f /etc/kubernetes/pki/ca.key",
+        "rm -rf /var/lib/kinit",
+        "cp -p /var/lib/kinit/originals/etc/containerd/config.toml /etc/containerd/config.toml",
+    ] {
+        assert!(
+            plan.actions.iter().any(|a| a == expected),
+            "{expected} in {:?}",
+            plan.actions
+        );
+    }
+    assert!(plan
+        .actions
+        .iter()
+        .any(|a| a.starts_with("ctr -n k8s.io images rm kinit.local/")));
+    assert!(host.exists("/usr/local/bin/kinit").await.unwrap());
+
+    println!("--- reset leaves nothing of kinit and restores what it replaced");
+    let done = reset(host, false).await.unwrap();
+    println!("{} actions", done.actions.len());
+    for path in [
+        "/usr/local/bin/kinit",
+        "/etc/kubernetes",
+        "/var/lib/kinit",
+        "/etc/cni/net.d/10-kinit.conflist",
+        "/etc/systemd/system/kinit-agent.service",
+    ] {
+        assert!(!host.exists(path).await.unwrap(), "{path} is left");
+    }
+    let config_now = host.read_file("/etc/containerd/config.toml").await.unwrap();
+    assert_eq!(
+        config_now, containerd_config_before,
+        "containerd's own config is back"
+    );
+    assert!(host
+        .run("systemctl is-active --quiet containerd")
+        .await
+        .unwrap()
+        .success());
+    let images = host
+        .run_checked("ctr -n k8s.io images ls -q")
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&images.stdout).contains("kinit.local/"));
+    let again = reset(host, true).await.unwrap();
+    assert!(
+        again.actions.iter().all(|a| a == "systemctl daemon-reload"),
+        "a reset host has nothing left to reset: {:?}",
+        again.actions
+    );
 }

@@ -1,0 +1,163 @@
+//! Undoing kinit on a host: stop the agent and every container it started, remove kinit's
+//! images, mounts, network links and nftables tables, put back the files kinit replaced (from
+//! `originals/`) and delete the ones it created (from `managed-files`).
+//!
+//! The work is one shell script run on the host, so a reset needs nothing but `sh` and the
+//! tools kinit itself used. Every action is printed as it runs; with `dry_run` the same script
+//! only prints, so the plan and the run cannot drift apart.
+
+use kinit_executor::{shell_quote, ExecError, Host};
+use serde::Serialize;
+
+use crate::phases::AGENT_UNIT;
+use crate::sync::{MANAGED_LIST, STATE_ROOT};
+
+/// Directories kinit owns outright and removes whole (after unmounting anything below them).
+const OWNED_DIRS: &[&str] = &[STATE_ROOT, "/var/log/pods", "/var/lib/cni/networks/kinit"];
+
+/// Directories whose kinit files are removed one by one; each is removed too if left empty.
+/// containerd's own directories (`/etc/containerd`, `/etc/cni/net.d`, `/opt/cni/bin`) stay:
+/// containerd recreates them on start and they may predate kinit.
+const SHARED_DIRS: &[&str] = &["/etc/kubernetes"];
+
+/// Prefix of every nftables table and network link kinit creates.
+pub const NET_PREFIX: &str = "kinit";
+
+/// The default bridge of kinit's CNI configuration.
+pub const DEFAULT_BRIDGE: &str = "cni0";
+
+/// What a reset did (or would do) on one host.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResetReport {
+    /// Host name.
+    pub host: String,
+    /// Each action, in order, as a command line.
+    pub actions: Vec<String>,
+    /// Whether the actions were only listed.
+    pub dry_run: bool,
+}
+
+/// The reset script; `dry_run` makes every action print without running.
+pub fn script(dry_run: bool) -> String {
+    let owned: Vec<String> = OWNED_DIRS
+        .iter()
+        .map(|d| shell_quote(d).expect("constant"))
+        .collect();
+    let shared: Vec<String> = SHARED_DIRS
+        .iter()
+        .map(|d| shell_quote(d).expect("constant"))
+        .collect();
+    format!(
+        r#"set -u
+DRY={dry}
+# Every change goes through `act`: it prints the command, and runs it unless this is a dry run.
+act() {{ echo "$*"; if [ "$DRY" = 0 ]; then "$@" >/dev/null 2>&1 || echo "  (failed: $*)" >&2; fi; }}
+restart_containerd=0
+
+if systemctl cat {agent} >/dev/null 2>&1; then
+  act systemctl disable --now {agent}
+  act systemctl reset-failed {agent}
+fi
+
+if command -v ctr >/dev/null 2>&1 && systemctl is-active --quiet containerd; then
+  for t in $(ctr -n k8s.io tasks ls -q 2>/dev/null); do act ctr -n k8s.io tasks rm -f "$t"; done
+  for c in $(ctr -n k8s.io containers ls -q 2>/dev/null); do act ctr -n k8s.io containers rm "$c"; done
+  for i in $(ctr -n k8s.io images ls -q 2>/dev/null | grep '^kinit\.local/'); do act ctr -n k8s.io images rm "$i"; done
+fi
+
+for n in $(ip netns list 2>/dev/null | awk '{{print $1}}' | grep '^cni-'); do act ip netns delete "$n"; done
+for m in $(findmnt -rn -o TARGET 2>/dev/null | grep -E '^({owned_re})(/|$)' | sort -r); do act umount -l "$m"; done
+
+bridge={bridge}
+if [ -f /etc/cni/net.d/10-kinit.conflist ]; then
+  b=$(sed -n 's/.*"bridge"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' /etc/cni/net.d/10-kinit.conflist | head -n1)
+  [ -n "$b" ] && bridge=$b
+fi
+[ -e "/sys/class/net/$bridge" ] && act ip link delete "$bridge"
+for l in $(ls /sys/class/net 2>/dev/null | grep '^{prefix}'); do act ip link delete "$l"; done
+if command -v nft >/dev/null 2>&1; then
+  nft list tables 2>/dev/null | while read -r _ family name; do
+    case "$name" in {prefix}*) act nft delete table "$family" "$name" ;; esac
+  done
+fi
+
+managed={state}/{managed}
+# etcd's data belongs to kinit only when kinit wrote the etcd static pod.
+if grep -qxF /etc/kubernetes/manifests/etcd.yaml "$managed" 2>/dev/null && [ -d /var/lib/etcd ]; then
+  act rm -rf /var/lib/etcd
+fi
+if [ -f "$managed" ]; then
+  while IFS= read -r p; do
+    [ -n "$p" ] || continue
+    if [ -e "{state}/originals$p" ]; then
+      act cp -p "{state}/originals$p" "$p"
+    elif [ -e "$p" ] || [ -L "$p" ]; then
+      act rm -f "$p"
+    fi
+    [ "$p" = /etc/containerd/config.toml ] && restart_containerd=1
+  done < "$managed"
+fi
+for d in {owned}; do [ -e "$d" ] && act rm -rf "$d"; done
+for d in {shared}; do [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -not -type d -print -quit)" ] && act rm -rf "$d"; done
+if [ -e /etc/systemd/system/{agent} ] || [ "$DRY" = 0 ]; then act systemctl daemon-reload; fi
+if [ "$restart_containerd" = 1 ] && systemctl is-active --quiet containerd; then act systemctl restart containerd; fi
+exit 0
+"#,
+        dry = u8::from(dry_run),
+        agent = AGENT_UNIT,
+        owned_re = OWNED_DIRS.join("|").replace('.', "\\."),
+        bridge = DEFAULT_BRIDGE,
+        prefix = NET_PREFIX,
+        state = STATE_ROOT,
+        managed = MANAGED_LIST,
+        owned = owned.join(" "),
+        shared = shared.join(" "),
+    )
+}
+
+/// Resets `host` (or, with `dry_run`, lists what a reset would do).
+pub async fn reset<H: Host>(host: &H, dry_run: bool) -> Result<ResetReport, ExecError> {
+    let script = script(dry_run);
+    let command = format!(
+        "sh -c {}",
+        shell_quote(&script).expect("the script holds no NUL byte")
+    );
+    let output = host.run_checked(&command).await?;
+    Ok(ResetReport {
+        host: host.name().to_string(),
+        actions: String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        dry_run,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_is_valid_sh_and_dry_run_only_prints() {
+        for dry in [true, false] {
+            let out = std::process::Command::new("sh")
+                .args(["-n", "-c", &script(dry)])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(script(true).contains("DRY=1"));
+        assert!(script(false).contains("DRY=0"));
+    }
+
+    #[test]
+    fn owned_directories_are_kinits_own() {
+        for dir in OWNED_DIRS {
+            assert!(dir.contains("kinit") || *dir == "/var/log/pods", "{dir}");
+        }
+    }
+}
