@@ -13,6 +13,16 @@ use kinit_pki::{generate, write_node_kubeconfig, CaKind, GenerateReport, PkiSpec
 
 use crate::cluster::{self, ClusterDerived};
 
+/// The cluster state directory for `inventory` on the admin box:
+/// `$HOME/.kinit/clusters/<metadata.name>` (PKI, kubeconfigs, agent kubeconfigs).
+pub fn default_state_dir(inventory: &Inventory) -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
+        .join(".kinit/clusters")
+        .join(&inventory.metadata.name)
+}
+
 /// One file a host should have.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredFile {

@@ -24,6 +24,8 @@ enum Command {
     Preflight(cmd::preflight::PreflightArgs),
     /// Real test hosts on this machine (systemd-nspawn): up, down, status.
     Lab(cmd::lab::LabArgs),
+    /// Remove kinit from hosts: agent, containers, images, files, network settings, Node objects.
+    Reset(cmd::reset::ResetArgs),
     /// Create, list and delete bootstrap tokens for joining nodes.
     Token(cmd::token::TokenArgs),
     /// Sign a client kubeconfig for a user with the cluster CA.
@@ -46,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Completion(args) => cmd::completion::run::<Cli>(args),
         Command::Preflight(args) => cmd::preflight::run(args),
         Command::Lab(args) => cmd::lab::run(args),
+        Command::Reset(args) => cmd::reset::run(args),
         Command::Token(args) => cmd::token::run(args),
         Command::Kubeconfig(args) => cmd::kubeconfig::run(args),
         Command::Images(args) => kinit_images::run_images(args)

@@ -1,16 +1,16 @@
 //! `kinit preflight`: check that hosts are ready for a cluster, before anything is installed.
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Color, ContentArrangement, Table};
 use kinit_executor::preflight::{
     check_all, CheckStatus, HostReport, HostRoles, PreflightOptions, PreflightTarget,
 };
-use kinit_executor::{AnyHost, HostKeyPolicy, LocalHost, SshAuth, SshConfig, SshHost};
+use kinit_executor::AnyHost;
+
+use crate::cmd::hosts::HostArgs;
 
 use kinit::output::{emit, OutputFormat};
 
@@ -30,26 +30,8 @@ pub enum Role {
 /// Arguments of `kinit preflight`.
 #[derive(Debug, Args)]
 pub struct PreflightArgs {
-    /// Inventory file listing the hosts to check.
-    #[arg(short = 'i', long, value_name = "FILE", required_unless_present_any = ["host", "local"])]
-    pub inventory: Option<PathBuf>,
-
-    /// Check only these inventory hosts (by name; repeat or comma-separate).
-    #[arg(
-        long,
-        value_name = "NAME",
-        value_delimiter = ',',
-        requires = "inventory"
-    )]
-    pub only: Vec<String>,
-
-    /// Check one host by address, without an inventory.
-    #[arg(long, value_name = "ADDRESS", conflicts_with = "inventory")]
-    pub host: Option<String>,
-
-    /// Check the machine kinit runs on, without SSH.
-    #[arg(long, conflicts_with_all = ["inventory", "host"])]
-    pub local: bool,
+    #[command(flatten)]
+    pub hosts: HostArgs,
 
     /// Roles of the --host / --local machine (decide which ports must be free).
     #[arg(
@@ -60,59 +42,9 @@ pub struct PreflightArgs {
     )]
     pub roles: Vec<Role>,
 
-    /// SSH user for --host.
-    #[arg(long, default_value = "root")]
-    pub ssh_user: String,
-
-    /// SSH port for --host.
-    #[arg(long, default_value_t = 22)]
-    pub ssh_port: u16,
-
-    /// Private key for --host (overrides nothing in an inventory, which names its own keys).
-    #[arg(long, value_name = "FILE")]
-    pub ssh_key: Option<PathBuf>,
-
-    /// Name of an environment variable holding the SSH password (never pass a password itself).
-    #[arg(long, value_name = "VAR")]
-    pub ssh_password_env: Option<String>,
-
-    /// known_hosts file for host-key checking [default: ~/.ssh/known_hosts].
-    #[arg(long, value_name = "FILE")]
-    pub known_hosts: Option<PathBuf>,
-
-    /// Record the keys of hosts seen for the first time (a changed key is still refused).
-    #[arg(long)]
-    pub accept_new_host_keys: bool,
-
-    /// Do not check host keys at all. Insecure: only for throwaway machines.
-    #[arg(long, conflicts_with = "accept_new_host_keys")]
-    pub insecure_ignore_host_keys: bool,
-
-    /// How many hosts to check at once.
-    #[arg(long, default_value_t = 10)]
-    pub concurrency: usize,
-
-    /// Seconds to wait for a host to answer.
-    #[arg(long, default_value_t = 15)]
-    pub connect_timeout: u64,
-
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: OutputFormat,
-}
-
-/// One host to check, whatever it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct HostSpec {
-    name: String,
-    address: String,
-    user: String,
-    port: u16,
-    key: Option<PathBuf>,
-    sudo: Option<bool>,
-    /// Environment variable holding this host's SSH password.
-    password_env: Option<String>,
-    roles: HostRoles,
 }
 
 /// The checks a host needs follow from its inventory roles (`lb` adds none of its own).
@@ -125,48 +57,6 @@ fn roles_from_inventory(host: &kinit_inventory::Host) -> HostRoles {
     }
 }
 
-/// Resolves an inventory key path: `~/` is the admin's home, relative paths are relative to
-/// the inventory file.
-fn resolve_key_path(key: &Path, inventory_dir: &Path) -> PathBuf {
-    let expanded = match key.strip_prefix("~") {
-        Ok(rest) => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/root"))
-            .join(rest),
-        Err(_) => key.to_path_buf(),
-    };
-    if expanded.is_relative() {
-        inventory_dir.join(expanded)
-    } else {
-        expanded
-    }
-}
-
-/// Reads and validates the inventory, then turns its hosts into check targets.
-fn load_inventory(path: &Path) -> anyhow::Result<Vec<HostSpec>> {
-    let inventory = kinit_inventory::Inventory::from_path(path)?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    Ok(inventory
-        .spec
-        .hosts
-        .iter()
-        .map(|host| HostSpec {
-            name: host.name.clone(),
-            address: host.address.clone(),
-            user: host.ssh.user.clone(),
-            port: host.ssh.port,
-            key: host
-                .ssh
-                .key_path
-                .as_deref()
-                .map(|k| resolve_key_path(k, base)),
-            sudo: Some(host.ssh.sudo),
-            password_env: host.ssh.password_env.clone(),
-            roles: roles_from_inventory(host),
-        })
-        .collect())
-}
-
 fn roles_from_args(roles: &[Role]) -> HostRoles {
     HostRoles {
         control_plane: roles.contains(&Role::ControlPlane),
@@ -175,94 +65,21 @@ fn roles_from_args(roles: &[Role]) -> HostRoles {
     }
 }
 
-fn host_key_policy(args: &PreflightArgs) -> HostKeyPolicy {
-    if args.insecure_ignore_host_keys {
-        HostKeyPolicy::InsecureIgnore
-    } else if args.accept_new_host_keys {
-        HostKeyPolicy::AcceptNew
-    } else {
-        HostKeyPolicy::Strict
-    }
-}
-
-fn ssh_host(spec: &HostSpec, args: &PreflightArgs) -> anyhow::Result<SshHost> {
-    let mut config = SshConfig::new(spec.name.clone(), spec.address.clone(), spec.user.clone());
-    config.port = spec.port;
-    if let Some(sudo) = spec.sudo {
-        config.sudo = sudo;
-    }
-    if let Some(key) = &spec.key {
-        config.auth.push(SshAuth::KeyFile {
-            path: key.clone(),
-            passphrase: None,
-        });
-    }
-    if let Some(var) = spec
-        .password_env
-        .as_ref()
-        .or(args.ssh_password_env.as_ref())
-    {
-        let password = std::env::var(var)
-            .with_context(|| format!("--ssh-password-env {var}: the variable is not set"))?;
-        config.auth.push(SshAuth::Password(password));
-    }
-    if let Some(known_hosts) = &args.known_hosts {
-        config.known_hosts = known_hosts.clone();
-    }
-    config.host_key_policy = host_key_policy(args);
-    config.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
-    Ok(SshHost::new(config))
-}
-
 fn targets(args: &PreflightArgs) -> anyhow::Result<Vec<PreflightTarget<AnyHost>>> {
-    if args.local {
-        return Ok(vec![PreflightTarget {
-            host: LocalHost::new("localhost").into(),
-            roles: roles_from_args(&args.roles),
-        }]);
-    }
-    let specs = match (&args.inventory, &args.host) {
-        (Some(path), _) => {
-            let all = load_inventory(path)?;
-            if args.only.is_empty() {
-                all
-            } else {
-                for wanted in &args.only {
-                    if !all.iter().any(|h| &h.name == wanted) {
-                        let names: Vec<&str> = all.iter().map(|h| h.name.as_str()).collect();
-                        bail!(
-                            "--only {wanted}: no such host in {} (hosts: {})",
-                            path.display(),
-                            names.join(", ")
-                        );
-                    }
-                }
-                all.into_iter()
-                    .filter(|h| args.only.contains(&h.name))
-                    .collect()
-            }
-        }
-        (None, Some(address)) => vec![HostSpec {
-            name: address.clone(),
-            address: address.clone(),
-            user: args.ssh_user.clone(),
-            port: args.ssh_port,
-            key: args.ssh_key.clone(),
-            sudo: None,
-            password_env: None,
-            roles: roles_from_args(&args.roles),
-        }],
-        (None, None) => bail!("give an inventory (-i FILE), --host ADDRESS or --local"),
-    };
-    specs
-        .iter()
-        .map(|spec| {
-            Ok(PreflightTarget {
-                host: ssh_host(spec, args)?.into(),
-                roles: spec.roles,
-            })
+    let inventory = args.hosts.inventory()?;
+    Ok(args
+        .hosts
+        .select(inventory.as_ref())?
+        .into_iter()
+        .map(|s| PreflightTarget {
+            roles: s
+                .entry
+                .as_ref()
+                .map(roles_from_inventory)
+                .unwrap_or_else(|| roles_from_args(&args.roles)),
+            host: s.host,
         })
-        .collect()
+        .collect())
 }
 
 fn status_cell(status: CheckStatus) -> Cell {
@@ -316,7 +133,7 @@ pub fn run(args: PreflightArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     let reports = runtime.block_on(check_all(
         &targets,
-        args.concurrency,
+        args.hosts.concurrency,
         &PreflightOptions::default(),
     ));
     emit(&reports, args.output, |r| render_tables(r))?;
@@ -354,15 +171,20 @@ spec:
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("inventory.yaml");
         std::fs::write(&path, INVENTORY).unwrap();
-        let hosts = load_inventory(&path).unwrap();
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: PreflightArgs,
+        }
+        let cli = Cli::parse_from(["x", "-i", path.to_str().unwrap()]);
+        let hosts = targets(&cli.args).unwrap();
+        use kinit_executor::Host;
         assert_eq!(hosts.len(), 2);
-        assert_eq!(hosts[0].name, "node1");
-        assert_eq!(hosts[0].key, Some(dir.path().join("keys/id_ed25519")));
+        assert_eq!(hosts[0].host.name(), "node1");
         assert!(hosts[0].roles.control_plane && hosts[0].roles.etcd && !hosts[0].roles.worker);
-        assert_eq!(hosts[1].name, "10.88.0.12");
-        assert_eq!(hosts[1].user, "admin");
-        assert_eq!(hosts[1].sudo, Some(true));
-        assert!(hosts[1].roles.worker);
+        assert_eq!(hosts[1].host.name(), "10.88.0.12");
+        assert!(hosts[1].roles.worker && !hosts[1].roles.control_plane);
     }
 
     #[test]
@@ -374,7 +196,17 @@ spec:
             "apiVersion: kinit.dev/v1alpha1\nkind: Cluster\nspec:\n  hosts:\n    - address: 10.0.0.1\n      roles: [master]\n",
         )
         .unwrap();
-        let err = format!("{:#}", load_inventory(&path).unwrap_err());
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: PreflightArgs,
+        }
+        let cli = Cli::parse_from(["x", "-i", path.to_str().unwrap()]);
+        let Err(err) = targets(&cli.args) else {
+            panic!("the inventory is invalid");
+        };
+        let err = format!("{err:#}");
         assert!(err.contains("spec.hosts[0]"), "{err}");
         assert!(err.contains("master"), "{err}");
         assert!(err.contains("inv.yaml:6"), "{err}");
@@ -401,28 +233,5 @@ spec:
         assert!(text.contains("node2: FAIL"));
         assert!(text.contains("port 10250"));
         assert!(text.contains("1 of 2 host(s) ready; 1 failed"));
-    }
-
-    #[test]
-    fn policy_flags() {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: PreflightArgs,
-        }
-        let cli = Cli::parse_from(["x", "--host", "10.0.0.1", "--accept-new-host-keys"]);
-        assert_eq!(host_key_policy(&cli.args), HostKeyPolicy::AcceptNew);
-        let cli = Cli::parse_from(["x", "--local"]);
-        assert_eq!(host_key_policy(&cli.args), HostKeyPolicy::Strict);
-        assert!(Cli::try_parse_from(["x"]).is_err());
-        assert!(Cli::try_parse_from([
-            "x",
-            "--host",
-            "h",
-            "--accept-new-host-keys",
-            "--insecure-ignore-host-keys"
-        ])
-        .is_err());
     }
 }

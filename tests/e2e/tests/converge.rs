@@ -148,8 +148,41 @@ async fn phases_install_files_containerd_and_images_then_converge() {
         & 0o777;
     assert_eq!(key_mode, 0o600);
 
-    println!("--- reset --dry-run lists the work and changes nothing");
-    let plan = reset(host, true).await.unwrap();
+    println!("--- kinit reset --dry-run lists the work and changes nothing");
+    let kinit = kinit_bin().unwrap();
+    let inventory_arg = state.inventory.to_str().unwrap().to_string();
+    let known_hosts_arg = state.known_hosts.to_str().unwrap().to_string();
+    let reset_cli = |extra: &[&str]| {
+        let mut args = vec![
+            "reset",
+            "-i",
+            &inventory_arg,
+            "--known-hosts",
+            &known_hosts_arg,
+            "-o",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        std::process::Command::new(&kinit)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = reset_cli(&["--dry-run"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let actions: Vec<String> = listed[0]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed[0]["dry_run"], true);
     for expected in [
         "rm -f /usr/local/bin/kinit",
         "rm -f /etc/kubernetes/pki/ca.key",
@@ -157,20 +190,30 @@ async fn phases_install_files_containerd_and_images_then_converge() {
         "cp -p /var/lib/kinit/originals/etc/containerd/config.toml /etc/containerd/config.toml",
     ] {
         assert!(
-            plan.actions.iter().any(|a| a == expected),
-            "{expected} in {:?}",
-            plan.actions
+            actions.iter().any(|a| a == expected),
+            "{expected} in {actions:?}"
         );
     }
-    assert!(plan
-        .actions
+    assert!(actions
         .iter()
         .any(|a| a.starts_with("ctr -n k8s.io images rm kinit.local/")));
     assert!(host.exists("/usr/local/bin/kinit").await.unwrap());
 
-    println!("--- reset leaves nothing of kinit and restores what it replaced");
-    let done = reset(host, false).await.unwrap();
-    println!("{} actions", done.actions.len());
+    println!("--- without --yes and without a terminal, reset refuses and changes nothing");
+    let out = reset_cli(&[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    assert!(host.exists("/usr/local/bin/kinit").await.unwrap());
+
+    println!("--- kinit reset --yes leaves nothing of kinit and restores what it replaced");
+    let out = reset_cli(&["--yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("{} actions", done[0]["actions"].as_array().unwrap().len());
     for path in [
         "/usr/local/bin/kinit",
         "/etc/kubernetes",

@@ -1,0 +1,175 @@
+//! `kinit reset`: leave hosts as they were before kinit, and remove their Nodes from the API.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use k8s_openapi::api::core::v1::Node;
+use kinit::client;
+use kinit::desired::default_state_dir;
+use kinit::output::{emit, OutputFormat};
+use kinit::reset::{reset, ResetReport};
+use kinit_executor::{run_on_all, Host};
+use kube::api::DeleteParams;
+use serde::Serialize;
+
+use crate::cmd::hosts::HostArgs;
+
+/// `kinit reset`.
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    #[command(flatten)]
+    pub hosts: HostArgs,
+
+    /// List what would be removed, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+
+    /// Admin kubeconfig used to delete the hosts' Nodes [default: admin.conf in the cluster
+    /// state dir of the inventory].
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Node name of a --host or --local machine [default: its address, or its hostname].
+    #[arg(long)]
+    pub node_name: Option<String>,
+
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+/// The result on one host.
+#[derive(Debug, Serialize)]
+struct HostResult {
+    #[serde(flatten)]
+    report: Option<ResetReport>,
+    host: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// What happened to the host's Node object.
+    node: String,
+}
+
+fn table(results: &Vec<HostResult>) -> String {
+    let mut out = String::new();
+    for r in results {
+        let verb = match &r.report {
+            Some(rep) if rep.dry_run => "would run",
+            _ => "ran",
+        };
+        match (&r.report, &r.error) {
+            (_, Some(e)) => out.push_str(&format!("{}: FAILED: {e}\n", r.host)),
+            (Some(rep), None) => {
+                out.push_str(&format!(
+                    "{}: {verb} {} action(s)\n",
+                    r.host,
+                    rep.actions.len()
+                ));
+                for a in &rep.actions {
+                    out.push_str(&format!("  {a}\n"));
+                }
+            }
+            (None, None) => {}
+        }
+        out.push_str(&format!("  node: {}\n", r.node));
+    }
+    out.trim_end().to_string()
+}
+
+fn confirm(hosts: &[String]) -> anyhow::Result<()> {
+    if !std::io::stdin().is_terminal() {
+        bail!("refusing to reset {} without confirmation; pass --yes (or --dry-run to see what would be removed)", hosts.join(", "));
+    }
+    eprint!(
+        "This stops kinit and removes its files, containers, images and network settings from: {}\nProceed? [y/N] ",
+        hosts.join(", ")
+    );
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        bail!("aborted; nothing was changed");
+    }
+    Ok(())
+}
+
+async fn delete_node(kubeconfig: &Option<PathBuf>, name: &str, dry_run: bool) -> String {
+    let Some(path) = kubeconfig else {
+        return "kept (no kubeconfig to reach the API)".into();
+    };
+    if dry_run {
+        return format!("would delete Node {name}");
+    }
+    let client = match client::from_kubeconfig(path).await {
+        Ok(c) => c,
+        Err(e) => return format!("kept: {e:#}"),
+    };
+    let nodes: kube::Api<Node> = kube::Api::all(client);
+    match nodes.delete(name, &DeleteParams::default()).await {
+        Ok(_) => format!("deleted Node {name}"),
+        Err(kube::Error::Api(s)) if s.code == 404 => format!("Node {name} was not registered"),
+        Err(e) => {
+            format!("kept: cannot delete Node {name} ({e}); delete it when the API is reachable")
+        }
+    }
+}
+
+/// Runs `kinit reset`.
+pub fn run(args: ResetArgs) -> anyhow::Result<ExitCode> {
+    let inventory = args.hosts.inventory()?;
+    let selected = args.hosts.select(inventory.as_ref())?;
+    let names: Vec<String> = selected.iter().map(|s| s.host.name().to_string()).collect();
+    if !args.dry_run && !args.yes {
+        confirm(&names)?;
+    }
+    let kubeconfig = args.kubeconfig.clone().or_else(|| {
+        let path = default_state_dir(inventory.as_ref()?).join("admin.conf");
+        path.is_file().then_some(path)
+    });
+    let node_names: Vec<String> = selected
+        .iter()
+        .map(|s| match (&s.entry, &args.node_name) {
+            (Some(entry), _) => entry.name.clone(),
+            (None, Some(name)) => name.clone(),
+            (None, None) => s.host.name().to_string(),
+        })
+        .collect();
+    let results = client::block_on(async {
+        let hosts: Vec<_> = selected.iter().zip(&node_names).collect();
+        Ok(run_on_all(&hosts, args.hosts.concurrency, |(s, node)| {
+            let kubeconfig = &kubeconfig;
+            async move {
+                let host = s.host.name().to_string();
+                match reset(&s.host, args.dry_run).await {
+                    Ok(report) => HostResult {
+                        report: Some(report),
+                        host,
+                        error: None,
+                        node: delete_node(kubeconfig, node, args.dry_run).await,
+                    },
+                    Err(e) => HostResult {
+                        report: None,
+                        host,
+                        error: Some(e.to_string()),
+                        node: "kept (the host reset failed)".into(),
+                    },
+                }
+            }
+        })
+        .await)
+    })
+    .context("reset")?;
+    emit(&results, args.output, table)?;
+    Ok(if results.iter().any(|r| r.error.is_some()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
