@@ -554,6 +554,50 @@ impl CertificateAuthority {
     }
 }
 
+/// A certificate requested for someone else's key, e.g. from a CertificateSigningRequest: the
+/// exact subject Name and public key of the request, with the usages the signer allows.
+#[derive(Debug, Clone)]
+pub struct RequestedCertificate {
+    /// DER of the subject Name, copied byte for byte (several `O` values survive).
+    pub subject_der: Vec<u8>,
+    /// DER SubjectPublicKeyInfo of the requester's key.
+    pub public_key_der: Vec<u8>,
+    /// Subject alternative names.
+    pub sans: Vec<SubjectAltName>,
+    /// Key usages.
+    pub key_usages: Vec<KeyUsagePurpose>,
+    /// Extended key usages.
+    pub extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
+    /// Requested validity (capped at the CA's expiry).
+    pub validity: Duration,
+}
+
+impl CertificateAuthority {
+    /// Signs a certificate for a requester's public key (CSR signing) and returns it as PEM.
+    /// `target` names the request in errors.
+    pub fn sign_requested(
+        &self,
+        request: &RequestedCertificate,
+        target: &str,
+    ) -> Result<String, PkiError> {
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(&request.public_key_der)
+            .map_err(|e| PkiError::crypto(target, format!("unsupported public key: {e}")))?;
+        let leaf = LeafRequest {
+            subject: request.subject_der.clone(),
+            sans: request
+                .sans
+                .iter()
+                .map(SubjectAltName::to_rcgen)
+                .collect::<Result<_, _>>()?,
+            key_usages: request.key_usages.clone(),
+            extended_key_usages: request.extended_key_usages.clone(),
+            validity: request.validity,
+        };
+        let der = self.sign(&leaf, &public_key, target)?;
+        Ok(der_to_pem(&der))
+    }
+}
+
 /// Puts `issuer` and `subject` (DER Names) into a certificate built by rcgen and signs it again.
 ///
 /// rcgen re-encodes the issuer from the CA's parsed subject and allows only one value per
