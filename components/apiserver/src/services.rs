@@ -302,6 +302,9 @@ impl ServiceAllocator {
             .cloned()
             .unwrap_or_default();
         if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+            // Explicit and kept node ports first, so an automatic pick never takes a port that
+            // a later entry of the same service asks for.
+            let mut automatic = Vec::new();
             for (i, p) in ports.iter_mut().enumerate() {
                 let requested = p.get("nodePort").and_then(Value::as_u64).unwrap_or(0) as u16;
                 if !needs_node_ports {
@@ -328,11 +331,15 @@ impl ServiceAllocator {
                     allocated.ports.push(requested);
                     requested
                 } else {
-                    let port = self.allocate_port(owner).await?;
-                    allocated.ports.push(port);
-                    port
+                    automatic.push(i);
+                    continue;
                 };
                 p["nodePort"] = json!(port);
+            }
+            for i in automatic {
+                let port = self.allocate_port(owner).await?;
+                allocated.ports.push(port);
+                ports[i]["nodePort"] = json!(port);
             }
         }
         Ok(())
