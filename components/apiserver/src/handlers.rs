@@ -613,6 +613,7 @@ fn kind_prepare_create(def: &ResourceDef, obj: &mut Value) {
         ("", "Pod") => {
             let qos = pod_qos_class(obj);
             obj["status"] = json!({"phase": "Pending", "qosClass": qos});
+            default_toleration_seconds(obj);
         }
         ("", "Service") => {
             obj["status"] = json!({"loadBalancer": {}});
@@ -621,6 +622,33 @@ fn kind_prepare_create(def: &ResourceDef, obj: &mut Value) {
             obj["status"] = json!({"phase": "Active"});
         }
         _ => {}
+    }
+}
+
+/// The DefaultTolerationSeconds admission plugin: pods tolerate the node lifecycle
+/// controller's `not-ready`/`unreachable` NoExecute taints for 300 s unless they say otherwise.
+pub fn default_toleration_seconds(pod: &mut Value) {
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(list) = tolerations.as_array_mut() else {
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let tolerated = list.iter().any(|t| {
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            let k = t.get("key").and_then(Value::as_str).unwrap_or("");
+            let op = t.get("operator").and_then(Value::as_str).unwrap_or("Equal");
+            (effect.is_empty() || effect == "NoExecute")
+                && (k == key || (k.is_empty() && op == "Exists"))
+        });
+        if !tolerated {
+            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+        }
     }
 }
 
@@ -660,6 +688,30 @@ pub fn pod_qos_class(pod: &Value) -> &'static str {
     }
 }
 
+/// Writes the authenticated requester into a CSR's `spec.username/uid/groups/extra`.
+pub fn set_csr_requester(csr: &mut Value, user: &kinit_auth::UserInfo) {
+    if !csr.get("spec").is_some_and(Value::is_object) {
+        csr["spec"] = json!({});
+    }
+    let spec = &mut csr["spec"];
+    spec["username"] = json!(user.name);
+    for (key, present) in [
+        ("uid", !user.uid.is_empty()),
+        ("groups", !user.groups.is_empty()),
+        ("extra", !user.extra.is_empty()),
+    ] {
+        if present {
+            spec[key] = match key {
+                "uid" => json!(user.uid),
+                "groups" => json!(user.groups),
+                _ => json!(user.extra),
+            };
+        } else if let Some(m) = spec.as_object_mut() {
+            m.remove(key);
+        }
+    }
+}
+
 /// Stores a prepared new object (allocations, managed fields, dry run, post-create hooks).
 async fn store_new(ctx: &Ctx<'_>, mut obj: Value, managed: Vec<Value>) -> Result<Value, ApiError> {
     let def = ctx.def();
@@ -671,6 +723,11 @@ async fn store_new(ctx: &Ctx<'_>, mut obj: Value, managed: Vec<Value>) -> Result
     }
     if def.group.is_empty() && def.kind == "Node" {
         admit_node_node(ctx, &obj, None).await?;
+    }
+    if def.group == "certificates.k8s.io" && def.kind == "CertificateSigningRequest" {
+        // Like Kubernetes' CSR strategy: the requester's identity comes from authentication,
+        // never from the body, so approvers can trust spec.username/groups.
+        set_csr_requester(&mut obj, ctx.user);
     }
     if !managed.is_empty() {
         obj["metadata"]["managedFields"] = json!(managed);
@@ -1619,6 +1676,35 @@ pub async fn delete_collection(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response, 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn csr_requester_comes_from_authentication() {
+        let mut csr = json!({"spec": {"username": "system:node:forged", "groups": ["system:masters"], "uid": "x"}});
+        let user = kinit_auth::UserInfo::new(
+            "system:bootstrap:abcdef",
+            vec!["system:bootstrappers".to_string()],
+        );
+        set_csr_requester(&mut csr, &user);
+        assert_eq!(csr["spec"]["username"], "system:bootstrap:abcdef");
+        assert_eq!(csr["spec"]["groups"], json!(["system:bootstrappers"]));
+        assert!(csr["spec"].get("uid").is_none());
+    }
+
+    #[test]
+    fn default_tolerations_added_unless_present() {
+        let mut pod = json!({"spec": {"tolerations": [
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}
+        ]}});
+        default_toleration_seconds(&mut pod);
+        let t = pod["spec"]["tolerations"].as_array().unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0]["tolerationSeconds"], 5);
+        assert_eq!(t[1]["key"], "node.kubernetes.io/not-ready");
+        assert_eq!(t[1]["tolerationSeconds"], 300);
+        let mut all = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        default_toleration_seconds(&mut all);
+        assert_eq!(all["spec"]["tolerations"].as_array().unwrap().len(), 1);
+    }
+
     use super::*;
 
     #[test]
