@@ -30,6 +30,8 @@ enum Command {
     Token(cmd::token::TokenArgs),
     /// Sign a client kubeconfig for a user with the cluster CA.
     Kubeconfig(cmd::kubeconfig::KubeconfigArgs),
+    /// Run the scheduler on this host (what the kube-scheduler static pod runs).
+    Scheduler(kinit_scheduler::SchedulerArgs),
     /// Build the OCI images kinit runs from (control plane, pause, demo app) out of this binary.
     Images(kinit_images::ImagesArgs),
     /// The infra process of every pod sandbox (what the pause image runs).
@@ -51,6 +53,7 @@ fn main() -> std::process::ExitCode {
         Command::Reset(args) => cmd::reset::run(args),
         Command::Token(args) => cmd::token::run(args),
         Command::Kubeconfig(args) => cmd::kubeconfig::run(args),
+        Command::Scheduler(args) => cmd::component::run("scheduler", kinit_scheduler::run(args)),
         Command::Images(args) => kinit_images::run_images(args)
             .map(|_| std::process::ExitCode::SUCCESS)
             .map_err(anyhow::Error::from),
