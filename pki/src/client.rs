@@ -5,7 +5,7 @@ use std::path::Path;
 
 use time::Duration;
 
-use crate::cert::{self, CertificateAuthority, LeafRequest, Usage};
+use crate::cert::{self, CertificateAuthority, LeafRequest, SubjectAltName, Usage};
 use crate::error::PkiError;
 use crate::files::{self, MODE_SECRET};
 use crate::keys::{self, KeyAlgorithm};
@@ -61,6 +61,45 @@ pub fn issue_client_certificate(
         groups,
         &[],
         &[Usage::ClientAuth],
+        cert::is_rsa(&key),
+        validity,
+    )?;
+    let der = ca.sign(&request, &key, &target)?;
+    Ok(ClientCertificate {
+        cert_pem: cert::der_to_pem(&der),
+        key_pem: keys::key_pem(&key),
+    })
+}
+
+/// Issues a serving certificate (server auth) for `common_name` with `sans` (DNS names and IP
+/// addresses), e.g. a node agent's HTTPS endpoint, signed by `ca` with a fresh key.
+pub fn issue_serving_certificate(
+    ca: &CertificateAuthority,
+    common_name: &str,
+    sans: &[SubjectAltName],
+    validity: Duration,
+    algorithm: KeyAlgorithm,
+) -> Result<ClientCertificate, PkiError> {
+    if common_name.trim().is_empty() {
+        return Err(PkiError::spec("common_name", "must not be empty"));
+    }
+    if sans.is_empty() {
+        return Err(PkiError::spec(
+            "sans",
+            "a serving certificate needs at least one DNS name or IP address",
+        ));
+    }
+    if validity <= Duration::ZERO {
+        return Err(PkiError::spec("validity", "must be positive"));
+    }
+    let target = format!("serving certificate for `{common_name}`");
+    ca.require_key(&target, "it has to be issued")?;
+    let key = keys::generate_key(algorithm, &target)?;
+    let request = LeafRequest::new(
+        common_name,
+        &[],
+        sans,
+        &[Usage::ServerAuth],
         cert::is_rsa(&key),
         validity,
     )?;

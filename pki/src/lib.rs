@@ -26,7 +26,8 @@ pub use catalog::{
 };
 pub use cert::{ca_cert_hash, CaKind, CertificateAuthority, RequestedCertificate, SubjectAltName};
 pub use client::{
-    client_kubeconfig, issue_client_certificate, write_kubeconfig, ClientCertificate,
+    client_kubeconfig, issue_client_certificate, issue_serving_certificate, write_kubeconfig,
+    ClientCertificate,
 };
 pub use error::PkiError;
 pub use expiration::{
