@@ -365,6 +365,18 @@ mod tests {
             ("tls-cert-file", "/etc/kubernetes/pki/apiserver.crt"),
             ("tls-private-key-file", "/etc/kubernetes/pki/apiserver.key"),
             ("client-ca-file", "/etc/kubernetes/pki/ca.crt"),
+            (
+                "kubelet-client-certificate",
+                "/etc/kubernetes/pki/apiserver-kubelet-client.crt",
+            ),
+            (
+                "kubelet-client-key",
+                "/etc/kubernetes/pki/apiserver-kubelet-client.key",
+            ),
+            (
+                "kubelet-certificate-authority",
+                "/etc/kubernetes/pki/ca.crt",
+            ),
             ("service-account-key-file", "/etc/kubernetes/pki/sa.pub"),
             (
                 "service-account-signing-key-file",

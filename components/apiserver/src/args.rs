@@ -76,6 +76,17 @@ pub struct ApiServerArgs {
     /// Client key for etcd.
     #[arg(long)]
     pub etcd_keyfile: Option<PathBuf>,
+    /// Client certificate the API server presents to node agents (logs, exec, attach,
+    /// port-forward); kubeadm's `apiserver-kubelet-client.crt`.
+    #[arg(long)]
+    pub kubelet_client_certificate: Option<PathBuf>,
+    /// Key of --kubelet-client-certificate.
+    #[arg(long)]
+    pub kubelet_client_key: Option<PathBuf>,
+    /// CA that signs the agents' serving certificates; agents are always verified, so pod
+    /// logs/exec need all three --kubelet-* files (without them those requests get 503).
+    #[arg(long)]
+    pub kubelet_certificate_authority: Option<PathBuf>,
     /// Directory of the embedded store (one file, `store.redb`).
     #[arg(long, default_value = "/var/lib/kinit/apiserver")]
     pub data_dir: PathBuf,
@@ -177,8 +188,32 @@ impl ApiServerArgs {
             service_account_signing_key_pem: signing,
             authorization_modes: self.authorization_mode.clone(),
             anonymous_auth: self.anonymous_auth,
-            node_proxy: None,
+            node_proxy: self.agent_proxy()?,
         })
+    }
+
+    /// The proxy to node agents, when all three --kubelet-* files are given.
+    fn agent_proxy(&self) -> Result<Option<Arc<dyn crate::NodeProxy>>, ApiServerError> {
+        match (
+            &self.kubelet_client_certificate,
+            &self.kubelet_client_key,
+            &self.kubelet_certificate_authority,
+        ) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), Some(ca)) => {
+                let proxy = crate::agent_proxy::AgentProxy::new(
+                    &read(cert, "agent client certificate", "kubelet-client-certificate")?,
+                    &read(key, "agent client key", "kubelet-client-key")?,
+                    &read(ca, "agent CA", "kubelet-certificate-authority")?,
+                )?;
+                Ok(Some(Arc::new(proxy)))
+            }
+            _ => Err(ApiServerError::InvalidFlag {
+                flag: "kubelet-client-certificate",
+                value: String::new(),
+                reason: "give --kubelet-client-certificate, --kubelet-client-key and --kubelet-certificate-authority together".into(),
+            }),
+        }
     }
 
     /// Opens the store the flags select: etcd when --etcd-servers is set, else the embedded
@@ -254,6 +289,28 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: ApiServerArgs,
+    }
+
+    #[test]
+    fn agent_proxy_needs_all_three_kubelet_files() {
+        let cli = Cli::parse_from([
+            "x",
+            "--tls-cert-file=c",
+            "--tls-private-key-file=k",
+            "--service-account-key-file=s",
+            "--kubelet-client-certificate=/nonexistent/client.crt",
+        ]);
+        let Err(err) = cli.args.agent_proxy() else {
+            panic!("a lone --kubelet-client-certificate must be refused");
+        };
+        assert!(err.to_string().contains("together"), "{err}");
+        let cli = Cli::parse_from([
+            "x",
+            "--tls-cert-file=c",
+            "--tls-private-key-file=k",
+            "--service-account-key-file=s",
+        ]);
+        assert!(cli.args.agent_proxy().unwrap().is_none());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! [`ApiServer::new`] + [`ApiServer::serve`] for embedding and tests.
 
 pub mod access;
+pub mod agent_proxy;
 pub mod args;
 pub mod bootstrap;
 pub mod discovery;

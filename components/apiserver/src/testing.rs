@@ -24,6 +24,14 @@ pub struct TestServer {
 impl TestServer {
     /// Generates a PKI, opens an embedded store and serves on a free port.
     pub async fn start() -> TestServer {
+        Self::start_with(|_, _| {}).await
+    }
+
+    /// Like [`TestServer::start`], letting `configure` adjust the configuration first (it
+    /// gets the PKI directory, e.g. to build a node proxy from its files).
+    pub async fn start_with(
+        configure: impl FnOnce(&mut ApiServerConfig, &std::path::Path),
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -43,7 +51,7 @@ impl TestServer {
             .unwrap()
             .unwrap();
         let read = |name: &str| std::fs::read(pki_dir.join(name)).unwrap();
-        let config = ApiServerConfig {
+        let mut config = ApiServerConfig {
             tls: TlsMaterial {
                 cert_chain_pem: read("apiserver.crt"),
                 private_key_pem: read("apiserver.key"),
@@ -64,6 +72,7 @@ impl TestServer {
             anonymous_auth: false,
             node_proxy: None,
         };
+        configure(&mut config, &pki_dir);
         let store: Arc<dyn Store> = Arc::new(
             EmbeddedStore::open(dir.path().join("data/store.redb"))
                 .await
