@@ -162,9 +162,105 @@ impl ClusterState {
             contents: fs::read(&report.path)
                 .with_context(|| format!("cannot read {}", report.path.display()))?,
         });
+        // The agent's HTTPS serving certificate, from the cluster CA, so the API server can
+        // verify the agent it proxies logs and exec to.
+        let (cert, key) = agent_serving_certificate(&self.spec, host, &node_dir)?;
+        files.push(DesiredFile {
+            path: PathBuf::from(AGENT_SERVING_CERT),
+            mode: 0o644,
+            contents: cert,
+        });
+        files.push(DesiredFile {
+            path: PathBuf::from(AGENT_SERVING_KEY),
+            mode: 0o600,
+            contents: key,
+        });
         files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(files)
     }
+}
+
+/// Where the agent's serving certificate lives on hosts (the agent config names it).
+pub const AGENT_SERVING_CERT: &str = "/var/lib/kinit/agent/pki/agent.crt";
+/// The key of [`AGENT_SERVING_CERT`].
+pub const AGENT_SERVING_KEY: &str = "/var/lib/kinit/agent/pki/agent.key";
+
+/// Renew an agent serving certificate this long before it expires.
+const RENEW_BEFORE: time::Duration = time::Duration::days(30);
+
+/// The agent serving certificate of `host` (SANs: node name and node IP) kept in `node_dir`,
+/// issued anew when missing, expiring within 30 days, or naming other SANs.
+fn agent_serving_certificate(
+    spec: &PkiSpec,
+    host: &Host,
+    node_dir: &Path,
+) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let cert_path = node_dir.join("agent.crt");
+    let key_path = node_dir.join("agent.key");
+    let ip = host.node_ip();
+    let reusable = |pem: &[u8]| -> bool {
+        let Ok((_, block)) = x509_parser::pem::parse_x509_pem(pem) else {
+            return false;
+        };
+        let Ok(cert) = block.parse_x509() else {
+            return false;
+        };
+        let fresh = cert.validity().not_after.timestamp()
+            > (time::OffsetDateTime::now_utc() + RENEW_BEFORE).unix_timestamp();
+        let names_ip = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .is_some_and(|san| {
+                san.value.general_names.iter().any(|n| match n {
+                    x509_parser::extensions::GeneralName::IPAddress(b) => match ip {
+                        std::net::IpAddr::V4(v4) => *b == v4.octets(),
+                        std::net::IpAddr::V6(v6) => *b == v6.octets(),
+                    },
+                    _ => false,
+                })
+            });
+        fresh && names_ip
+    };
+    if let (Ok(cert), Ok(key)) = (fs::read(&cert_path), fs::read(&key_path)) {
+        if reusable(&cert) {
+            return Ok((cert, key));
+        }
+    }
+    let ca = kinit_pki::CertificateAuthority::load(&spec.pki_dir, CaKind::Kubernetes)
+        .with_context(|| format!("cannot load the cluster CA from {}", spec.pki_dir.display()))?;
+    let issued = kinit_pki::issue_serving_certificate(
+        &ca,
+        &format!("system:node:{}", host.name),
+        &[
+            kinit_pki::SubjectAltName::Ip(ip),
+            kinit_pki::SubjectAltName::classify(&host.name),
+        ],
+        time::Duration::days(spec.leaf_validity_days.into()),
+        spec.key_algorithm,
+    )
+    .with_context(|| {
+        format!(
+            "cannot issue the agent serving certificate of {}",
+            host.name
+        )
+    })?;
+    {
+        // The key is created 0600 from the start: never readable by others, not even briefly.
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = fs::remove_file(&key_path);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_path)
+            .and_then(|mut f| f.write_all(issued.key_pem.as_bytes()))
+            .with_context(|| format!("cannot write {}", key_path.display()))?;
+    }
+    fs::write(&cert_path, &issued.cert_pem)
+        .with_context(|| format!("cannot write {}", cert_path.display()))?;
+    Ok((issued.cert_pem.into_bytes(), issued.key_pem.into_bytes()))
 }
 
 #[cfg(test)]
@@ -210,8 +306,24 @@ mod tests {
             }
         }
 
+        let agent_cert = files
+            .iter()
+            .find(|f| f.path == Path::new(AGENT_SERVING_CERT))
+            .expect("agents get a serving certificate");
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&agent_cert.contents).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        let ip = match cp.node_ip() {
+            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        assert!(san.value.general_names.iter().any(|n| matches!(
+            n,
+            x509_parser::extensions::GeneralName::IPAddress(b) if *b == ip.as_slice()
+        )));
+
         // A second run against the same state dir wants exactly the same bytes: applying twice
-        // changes nothing on the hosts.
+        // changes nothing on the hosts (certificates included).
         let (again, report) = ClusterState::prepare(&inv, dir.path()).unwrap();
         assert!(report
             .files
