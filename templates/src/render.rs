@@ -452,11 +452,6 @@ mod tests {
             ("service-cluster-ip-range", "10.96.0.0/12"),
             ("cluster-signing-cert-file", "/etc/kubernetes/pki/ca.crt"),
             ("cluster-signing-key-file", "/etc/kubernetes/pki/ca.key"),
-            ("root-ca-file", "/etc/kubernetes/pki/ca.crt"),
-            (
-                "service-account-private-key-file",
-                "/etc/kubernetes/pki/sa.key",
-            ),
             ("leader-elect", "true"),
             ("cluster-name", "kubernetes"),
             ("bind-address", "127.0.0.1"),
@@ -724,9 +719,9 @@ mod tests {
         assert_eq!(main["ipMasq"], true);
         assert_eq!(main["ipam"]["ranges"][0][0]["subnet"], "10.244.7.0/24");
         assert_eq!(main["ipam"]["routes"][0]["dst"], "0.0.0.0/0");
-        let portmap = &conflist["plugins"][1];
-        assert_eq!(portmap["type"], "portmap");
-        assert_eq!(portmap["capabilities"]["portMappings"], true);
+        assert_eq!(main["clusterCIDR"], "10.244.0.0/16");
+        // Every plugin of the list must exist in /opt/cni/bin: kinit ships only kinit-cni.
+        assert_eq!(conflist["plugins"].as_array().unwrap().len(), 1);
     }
 
     #[test]
