@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 
 # etcd-server: the store's etcd backend is tested against a real etcd; vagrant: `vagrant validate`;
 # protobuf-compiler: the etcd client crate compiles etcd's protobuf API at build time.
-# containerd, runc: images are imported and run in a private containerd the tests start.
-need_pkgs=(openssl debootstrap systemd-container iproute2 openssh-client nftables etcd-server vagrant protobuf-compiler containerd runc)
+# containerd, runc, busybox: images and pods run in a private containerd the tests start.
+need_pkgs=(openssl debootstrap systemd-container iproute2 openssh-client nftables etcd-server vagrant protobuf-compiler containerd runc busybox)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -37,12 +37,13 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> cargo build (kinit binary for the end-to-end tests)"
 cargo build --quiet -p kinit
 
+kinit_bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/kinit"
 cleanup() {
-  if [ -x target/debug/kinit ] && [ -e /run/kinit-lab ]; then
-    target/debug/kinit lab down --all >/dev/null 2>&1 || true
+  if [ -x "$kinit_bin" ] && [ -e /run/kinit-lab ]; then
+    "$kinit_bin" lab down --all >/dev/null 2>&1 || true
   fi
 }
 trap cleanup EXIT
 
 echo "==> cargo test"
-KINIT_E2E=1 KINIT_BIN="$PWD/target/debug/kinit" cargo test --workspace -- --test-threads=2
+KINIT_E2E=1 KINIT_BIN="$kinit_bin" cargo test --workspace -- --test-threads=2

@@ -310,6 +310,13 @@ mod tests {
             .iter()
             .find(|f| f.path == Path::new(AGENT_SERVING_CERT))
             .expect("agents get a serving certificate");
+        let agent_config = files
+            .iter()
+            .find(|f| f.path == Path::new("/var/lib/kinit/agent/config.yaml"))
+            .unwrap();
+        let agent_config = String::from_utf8_lossy(&agent_config.contents);
+        assert!(agent_config.contains(&format!("tlsCertFile: {AGENT_SERVING_CERT}")));
+        assert!(agent_config.contains(&format!("tlsPrivateKeyFile: {AGENT_SERVING_KEY}")));
         let (_, pem) = x509_parser::pem::parse_x509_pem(&agent_cert.contents).unwrap();
         let cert = pem.parse_x509().unwrap();
         let san = cert.subject_alternative_name().unwrap().unwrap();

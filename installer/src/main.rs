@@ -30,8 +30,15 @@ enum Command {
     Token(cmd::token::TokenArgs),
     /// Sign a client kubeconfig for a user with the cluster CA.
     Kubeconfig(cmd::kubeconfig::KubeconfigArgs),
+    /// Run the node agent on this host (our kubelet: node registration, pods through CRI).
+    Agent(Box<kinit_agent::AgentArgs>),
+    /// Run the controller manager on this host (what the kube-controller-manager static pod runs).
+    ControllerManager(Box<kinit_controllers::ControllerManagerArgs>),
     /// Run the scheduler on this host (what the kube-scheduler static pod runs).
     Scheduler(kinit_scheduler::SchedulerArgs),
+    /// The CNI plugin (bridge + host-local IPAM): driven by CNI_* variables and stdin, as
+    /// containerd runs it from /opt/cni/bin/kinit-cni.
+    Cni,
     /// Build the OCI images kinit runs from (control plane, pause, demo app) out of this binary.
     Images(kinit_images::ImagesArgs),
     /// The infra process of every pod sandbox (what the pause image runs).
@@ -43,6 +50,13 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // containerd runs CNI plugins by their type name (`/opt/cni/bin/kinit-cni`, `loopback`),
+    // both links to this binary: the protocol is environment variables and stdin, not flags.
+    if let Some(argv0) = std::env::args_os().next() {
+        if kinit_cni::invoked_as_plugin(&argv0) {
+            return kinit_cni::main_with_env();
+        }
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Certs(args) => cmd::certs::run(args),
@@ -53,7 +67,10 @@ fn main() -> std::process::ExitCode {
         Command::Reset(args) => cmd::reset::run(args),
         Command::Token(args) => cmd::token::run(args),
         Command::Kubeconfig(args) => cmd::kubeconfig::run(args),
+        Command::Agent(args) => cmd::component::run("agent", kinit_agent::run(*args)),
+        Command::ControllerManager(args) => cmd::controller_manager::run(*args),
         Command::Scheduler(args) => cmd::component::run("scheduler", kinit_scheduler::run(args)),
+        Command::Cni => Ok(kinit_cni::main_with_env()),
         Command::Images(args) => kinit_images::run_images(args)
             .map(|_| std::process::ExitCode::SUCCESS)
             .map_err(anyhow::Error::from),

@@ -20,6 +20,9 @@ pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 /// The agent's systemd unit name.
 pub const AGENT_UNIT: &str = "kinit-agent.service";
 
+/// containerd's CNI plugin directory; kinit links its binary there under the plugin names.
+pub const CNI_BIN_DIR: &str = "/opt/cni/bin";
+
 /// Where hosts keep the image archives they built and the digest of the binary they came from.
 pub const IMAGES_DIR: &str = "/var/lib/kinit/images";
 
@@ -38,6 +41,9 @@ pub enum PhaseName {
     Binary,
     /// Write configuration, certificates, kubeconfigs, manifests and units.
     Files,
+    /// Link the CNI plugins containerd runs (`kinit-cni`, and `loopback` unless the host
+    /// already has one) to the kinit binary.
+    CniPlugins,
     /// (Re)start containerd with kinit's configuration.
     Containerd,
     /// Build kinit's images from the installed binary on the host and import them into
@@ -53,6 +59,7 @@ impl PhaseName {
         match self {
             PhaseName::Binary => "install kinit binary",
             PhaseName::Files => "write files",
+            PhaseName::CniPlugins => "link CNI plugins",
             PhaseName::Containerd => "restart containerd",
             PhaseName::Images => "import images",
             PhaseName::Agent => "start node agent",
@@ -184,6 +191,19 @@ pub async fn plan<H: Host>(host: &H, target: &HostTarget) -> Result<HostPlan, Ph
     }
     let touched = |path: &str| changed.iter().any(|c| c.path == path);
 
+    let links = host
+        .run(&format!(
+            "[ \"$(readlink {CNI_BIN_DIR}/kinit-cni)\" = {BINARY_PATH} ] && [ -e {CNI_BIN_DIR}/loopback ]"
+        ))
+        .await
+        .map_err(exec(PhaseName::CniPlugins))?;
+    if !links.success() {
+        phases.push(PlannedPhase {
+            phase: PhaseName::CniPlugins,
+            reason: "the CNI plugin links are missing".into(),
+        });
+    }
+
     let has_containerd = host
         .run("command -v containerd >/dev/null")
         .await
@@ -282,6 +302,23 @@ pub async fn run_phase<H: Host>(
             .await
             .map(|_| ())
             .map_err(err),
+        PhaseName::CniPlugins => {
+            // Each link kinit makes is listed as managed, so `kinit reset` removes it; a
+            // `loopback` plugin the host already had is left alone.
+            let managed = format!("{STATE_ROOT}/{}", sync::MANAGED_LIST);
+            let script = format!(
+                "set -e\nmkdir -p {CNI_BIN_DIR} {STATE_ROOT}\n\
+                 ln -sfn {BINARY_PATH} {CNI_BIN_DIR}/kinit-cni\n\
+                 grep -qxF {CNI_BIN_DIR}/kinit-cni {managed} 2>/dev/null || echo {CNI_BIN_DIR}/kinit-cni >> {managed}\n\
+                 if [ ! -e {CNI_BIN_DIR}/loopback ]; then ln -sfn {BINARY_PATH} {CNI_BIN_DIR}/loopback; \
+                 grep -qxF {CNI_BIN_DIR}/loopback {managed} 2>/dev/null || echo {CNI_BIN_DIR}/loopback >> {managed}; fi\n"
+            );
+            let quoted = shell_quote(&script).expect("the script holds no NUL byte");
+            host.run_checked(&format!("sh -c {quoted}"))
+                .await
+                .map(|_| ())
+                .map_err(err)
+        }
         PhaseName::Containerd => host
             .run_checked("systemctl enable containerd >/dev/null 2>&1; systemctl restart containerd")
             .await

@@ -13,7 +13,7 @@ use crate::phases::AGENT_UNIT;
 use crate::sync::{MANAGED_LIST, STATE_ROOT};
 
 /// Directories kinit owns outright and removes whole (after unmounting anything below them).
-const OWNED_DIRS: &[&str] = &[STATE_ROOT, "/var/log/pods", "/var/lib/cni/networks/kinit"];
+const OWNED_DIRS: &[&str] = &[STATE_ROOT, "/var/log/pods"];
 
 /// Directories whose kinit files are removed one by one; each is removed too if left empty.
 /// containerd's own directories (`/etc/containerd`, `/etc/cni/net.d`, `/opt/cni/bin`) stay:

@@ -4,6 +4,7 @@ pub mod certs;
 pub mod completion;
 pub mod component;
 pub mod config;
+pub mod controller_manager;
 pub mod hosts;
 pub mod kubeconfig;
 pub mod lab;

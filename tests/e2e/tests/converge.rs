@@ -55,6 +55,7 @@ async fn phases_install_files_containerd_and_images_then_converge() {
     for phase in [
         PhaseName::Binary,
         PhaseName::Files,
+        PhaseName::CniPlugins,
         PhaseName::Containerd,
         PhaseName::Images,
     ] {
@@ -91,6 +92,18 @@ async fn phases_install_files_containerd_and_images_then_converge() {
         .await
         .unwrap()
         .success());
+    // containerd finds the CNI plugin by its type name; the link runs kinit's plugin.
+    let version = host
+        .run_checked("CNI_COMMAND=VERSION /opt/cni/bin/kinit-cni </dev/null")
+        .await
+        .unwrap();
+    let version: serde_json::Value = serde_json::from_slice(&version.stdout).unwrap();
+    assert!(version["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v == "1.0.0"));
+    assert!(host.exists("/opt/cni/bin/loopback").await.unwrap());
     let images = host
         .run_checked("ctr -n k8s.io images ls -q")
         .await
@@ -121,6 +134,7 @@ async fn phases_install_files_containerd_and_images_then_converge() {
     for phase in [
         PhaseName::Binary,
         PhaseName::Files,
+        PhaseName::CniPlugins,
         PhaseName::Containerd,
         PhaseName::Images,
     ] {
@@ -220,6 +234,8 @@ async fn phases_install_files_containerd_and_images_then_converge() {
         "/var/lib/kinit",
         "/etc/cni/net.d/10-kinit.conflist",
         "/etc/systemd/system/kinit-agent.service",
+        "/opt/cni/bin/kinit-cni",
+        "/opt/cni/bin/loopback",
     ] {
         assert!(!host.exists(path).await.unwrap(), "{path} is left");
     }
