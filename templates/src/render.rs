@@ -688,6 +688,7 @@ mod tests {
             Some(context.images.pause.as_str())
         );
         assert_eq!(cri["containerd"]["snapshotter"].as_str(), Some("overlayfs"));
+        assert_eq!(cri["restrict_oom_score_adj"].as_bool(), Some(true));
         let runc = &cri["containerd"]["runtimes"]["runc"];
         assert_eq!(runc["runtime_type"].as_str(), Some("io.containerd.runc.v2"));
         assert_eq!(runc["options"]["SystemdCgroup"].as_bool(), Some(true));
