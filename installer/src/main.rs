@@ -14,6 +14,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Install or converge a whole cluster from its inventory, over SSH (idempotent).
+    Apply(Box<cmd::apply::ApplyArgs>),
     /// Manage the cluster PKI: generate, check expiration, renew.
     Certs(cmd::certs::CertsArgs),
     /// Print default settings or render everything `init` would write, for review.
@@ -49,6 +51,20 @@ enum Command {
     Apiserver(Box<kinit_apiserver::ApiServerArgs>),
 }
 
+/// `hostname`: the UTS name of this process's namespace (the pod name inside a pod).
+fn print_hostname() -> std::process::ExitCode {
+    match std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        Ok(name) => {
+            println!("{}", name.trim_end());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hostname: cannot read /proc/sys/kernel/hostname: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     // containerd runs CNI plugins by their type name (`/opt/cni/bin/kinit-cni`, `loopback`),
     // both links to this binary: the protocol is environment variables and stdin, not flags.
@@ -56,9 +72,14 @@ fn main() -> std::process::ExitCode {
         if kinit_cni::invoked_as_plugin(&argv0) {
             return kinit_cni::main_with_env();
         }
+        // kinit's images link /bin/hostname here, so `kubectl exec POD -- hostname` works.
+        if std::path::Path::new(&argv0).file_name() == Some("hostname".as_ref()) {
+            return print_hostname();
+        }
     }
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Apply(args) => cmd::apply::run(*args),
         Command::Certs(args) => cmd::certs::run(args),
         Command::Config(args) => cmd::config::run(args),
         Command::Completion(args) => cmd::completion::run::<Cli>(args),

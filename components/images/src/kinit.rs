@@ -160,6 +160,10 @@ pub fn kinit_rootfs(
     rootfs.add_bytes("/etc/group", GROUP, 0o644)?;
     rootfs.add_dir("/tmp", 0o1777)?;
     rootfs.add_dir("/root", 0o700)?;
+    // `kubectl exec POD -- hostname` works in every kinit image: the binary answers to that
+    // name (see `kinit::main`), as busybox does for its applets.
+    rootfs.add_dir("/bin", 0o755)?;
+    rootfs.add_symlink("/bin/hostname", BINARY_PATH)?;
     for library in &deps.libraries {
         rootfs.add_host_file(&path_str(&library.path)?, &library.path, 0o755)?;
     }
@@ -427,6 +431,10 @@ mod tests {
         );
         assert_eq!(rootfs.get("/tmp").unwrap().mode, 0o1777);
         assert!(rootfs.get("/etc/passwd").is_some() && rootfs.get("/etc/group").is_some());
+        assert!(matches!(
+            &rootfs.get("/bin/hostname").unwrap().source,
+            crate::layer::EntrySource::Symlink(target) if target == BINARY_PATH
+        ));
         for lib in &deps.libraries {
             assert!(rootfs.get(lib.path.to_str().unwrap()).is_some(), "{lib:?}");
         }
