@@ -9,7 +9,7 @@
 use kinit_executor::{shell_quote, ExecError, Host};
 use serde::Serialize;
 
-use crate::phases::AGENT_UNIT;
+use crate::phases::{AGENT_UNIT, PHASE_LOCK};
 use crate::sync::{MANAGED_LIST, STATE_ROOT};
 
 /// Directories kinit owns outright and removes whole (after unmounting anything below them).
@@ -60,13 +60,23 @@ if systemctl cat {agent} >/dev/null 2>&1; then
 fi
 
 if command -v ctr >/dev/null 2>&1 && systemctl is-active --quiet containerd; then
-  for t in $(ctr -n k8s.io tasks ls -q 2>/dev/null); do act ctr -n k8s.io tasks rm -f "$t"; done
-  for c in $(ctr -n k8s.io containers ls -q 2>/dev/null); do act ctr -n k8s.io containers rm "$c"; done
-  for i in $(ctr -n k8s.io images ls -q 2>/dev/null | grep '^kinit\.local/'); do act ctr -n k8s.io images rm "$i"; done
+  # SIGKILL each task, wait for them to exit, then delete them. (`tasks rm -f` was seen to
+  # wait forever on pod sandboxes; every ctr call is bounded by `timeout`.)
+  tasks=$(ctr -n k8s.io tasks ls -q 2>/dev/null)
+  for t in $tasks; do act timeout 30 ctr -n k8s.io tasks kill -s SIGKILL "$t"; done
+  if [ "$DRY" = 0 ]; then
+    i=0
+    while [ $i -lt 40 ] && timeout 10 ctr -n k8s.io tasks ls 2>/dev/null | grep -q ' RUNNING'; do sleep 0.25; i=$((i+1)); done
+  fi
+  for t in $tasks; do act timeout 30 ctr -n k8s.io tasks delete "$t"; done
+  for c in $(ctr -n k8s.io containers ls -q 2>/dev/null); do act timeout 30 ctr -n k8s.io containers rm "$c"; done
+  for i in $(ctr -n k8s.io images ls -q 2>/dev/null | grep '^kinit\.local/'); do act timeout 60 ctr -n k8s.io images rm "$i"; done
 fi
 
 for n in $(ip netns list 2>/dev/null | awk '{{print $1}}' | grep '^cni-'); do act ip netns delete "$n"; done
 for m in $(findmnt -rn -o TARGET 2>/dev/null | grep -E '^({owned_re})(/|$)' | sort -r); do act umount -l "$m"; done
+# The pod sandboxes' /dev/shm mounts (the CRI plugin removes them only with the sandbox).
+for m in $(findmnt -rn -o TARGET 2>/dev/null | grep -E '^/run/containerd/io\.containerd\.grpc\.v1\.cri/sandboxes/[^/]+/shm$'); do act umount -l "$m"; done
 
 bridge={bridge}
 if [ -f /etc/cni/net.d/10-kinit.conflist ]; then
@@ -99,12 +109,14 @@ if [ -f "$managed" ]; then
 fi
 for d in {owned}; do [ -e "$d" ] && act rm -rf "$d"; done
 for d in {shared}; do [ -d "$d" ] && [ -z "$(find "$d" -mindepth 1 -not -type d -print -quit)" ] && act rm -rf "$d"; done
+[ -e {phase_lock} ] && act rm -f {phase_lock}
 if [ -e /etc/systemd/system/{agent} ] || [ "$DRY" = 0 ]; then act systemctl daemon-reload; fi
 if [ "$restart_containerd" = 1 ] && systemctl is-active --quiet containerd; then act systemctl restart containerd; fi
 exit 0
 "#,
         dry = u8::from(dry_run),
         agent = AGENT_UNIT,
+        phase_lock = PHASE_LOCK,
         owned_re = OWNED_DIRS.join("|").replace('.', "\\."),
         bridge = DEFAULT_BRIDGE,
         prefix = NET_PREFIX,

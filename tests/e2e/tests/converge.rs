@@ -210,7 +210,7 @@ async fn phases_install_files_containerd_and_images_then_converge() {
     }
     assert!(actions
         .iter()
-        .any(|a| a.starts_with("ctr -n k8s.io images rm kinit.local/")));
+        .any(|a| a.starts_with("timeout 60 ctr -n k8s.io images rm kinit.local/")));
     assert!(host.exists("/usr/local/bin/kinit").await.unwrap());
 
     println!("--- without --yes and without a terminal, reset refuses and changes nothing");
