@@ -138,6 +138,16 @@ pub enum PhaseError {
     },
 }
 
+/// Lock file that serializes kinit's phase commands on a host. An `apply` killed on the admin
+/// box leaves its current remote command running; the next run's commands wait for it
+/// instead of racing it (two `ctr import`s of the same image fail).
+pub const PHASE_LOCK: &str = "/run/kinit-phase.lock";
+
+/// `command` run under [`PHASE_LOCK`] (flock(1) from util-linux, waiting up to 15 minutes).
+fn locked(command: &str) -> String {
+    format!("flock -w 900 {PHASE_LOCK} {command}")
+}
+
 fn exec(phase: PhaseName) -> impl FnOnce(ExecError) -> PhaseError {
     move |source| PhaseError::Exec {
         phase: phase.title(),
@@ -314,13 +324,15 @@ pub async fn run_phase<H: Host>(
                  grep -qxF {CNI_BIN_DIR}/loopback {managed} 2>/dev/null || echo {CNI_BIN_DIR}/loopback >> {managed}; fi\n"
             );
             let quoted = shell_quote(&script).expect("the script holds no NUL byte");
-            host.run_checked(&format!("sh -c {quoted}"))
+            host.run_checked(&locked(&format!("sh -c {quoted}")))
                 .await
                 .map(|_| ())
                 .map_err(err)
         }
         PhaseName::Containerd => host
-            .run_checked("systemctl enable containerd >/dev/null 2>&1; systemctl restart containerd")
+            .run_checked(&locked(
+                "sh -c 'systemctl enable containerd >/dev/null 2>&1; systemctl restart containerd'",
+            ))
             .await
             .map(|_| ())
             .map_err(err),
@@ -341,15 +353,15 @@ pub async fn run_phase<H: Host>(
                 target.binary.sha256
             ));
             let quoted = shell_quote(&script).expect("the script holds no NUL byte");
-            host.run_checked(&format!("sh -c {quoted}"))
+            host.run_checked(&locked(&format!("sh -c {quoted}")))
                 .await
                 .map(|_| ())
                 .map_err(err)
         }
         PhaseName::Agent => host
-            .run_checked(&format!(
-                "systemctl daemon-reload && systemctl enable {AGENT_UNIT} >/dev/null 2>&1 && systemctl restart {AGENT_UNIT}"
-            ))
+            .run_checked(&locked(&format!(
+                "sh -c 'systemctl daemon-reload && systemctl enable {AGENT_UNIT} >/dev/null 2>&1 && systemctl restart {AGENT_UNIT}'"
+            )))
             .await
             .map(|_| ())
             .map_err(err),

@@ -1,5 +1,6 @@
 //! One module per top-level subcommand: its clap arguments and its `run`.
 
+pub mod apply;
 pub mod certs;
 pub mod completion;
 pub mod component;

@@ -48,7 +48,7 @@ pub struct PreflightArgs {
 }
 
 /// The checks a host needs follow from its inventory roles (`lb` adds none of its own).
-fn roles_from_inventory(host: &kinit_inventory::Host) -> HostRoles {
+pub(crate) fn roles_from_inventory(host: &kinit_inventory::Host) -> HostRoles {
     use kinit_inventory::Role as R;
     HostRoles {
         control_plane: host.has_role(R::ControlPlane),

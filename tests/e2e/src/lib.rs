@@ -204,6 +204,21 @@ impl Drop for SwapGuard {
     }
 }
 
+/// kubectl 1.32 as the machine image ships it; `$KUBECTL` overrides, `kubectl` on PATH is
+/// the fallback. The end-to-end tests use it as the reference client.
+pub fn kubectl_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("KUBECTL") {
+        return Some(PathBuf::from(path)).filter(|p| p.exists());
+    }
+    let pinned = PathBuf::from("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
+    if pinned.exists() {
+        return Some(pinned);
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("kubectl"))
+        .find(|p| p.is_file())
+}
+
 /// Polls `check` every 100 ms until it returns true or `limit` passes.
 pub async fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + limit;
