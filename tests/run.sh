@@ -46,4 +46,4 @@ cleanup() {
 trap cleanup EXIT
 
 echo "==> cargo test"
-KINIT_E2E=1 KINIT_BIN="$kinit_bin" cargo test --workspace -- --test-threads=2
+KINIT_E2E=1 KINIT_BIN="$kinit_bin" cargo test --workspace --no-fail-fast -- --test-threads=2

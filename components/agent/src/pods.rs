@@ -289,6 +289,8 @@ pub async fn sync_pod(
                 Err(e) => {
                     // Reported like the kubelet: the pod stays Pending with the reason.
                     let message = format!("failed to create the pod sandbox: {e}");
+                    // Logged too: a static control-plane pod fails before any API can show it.
+                    tracing::warn!(pod = %uid, name = ?pod.metadata.name, "{message}");
                     for c in all_containers(pod) {
                         state.waiting.insert(
                             c.name.clone(),

@@ -528,6 +528,8 @@ mod tests {
         assert_eq!(
             paths,
             [
+                "bin",
+                "bin/hostname",
                 "etc",
                 "etc/group",
                 "etc/passwd",
