@@ -120,6 +120,27 @@ pub struct ApiServer {
     tls: Arc<rustls::ServerConfig>,
 }
 
+/// The certificate in `ca_pem` that signed a lone serving certificate, so the server sends the
+/// whole chain. Joining nodes pin the CA by its public-key hash (kubeadm's
+/// `--discovery-token-ca-cert-hash`): with the CA in the handshake they can check the pin and
+/// the server's certificate before sending any credential.
+fn issuing_ca(chain: &[CertificateDer<'static>], ca_pem: &[u8]) -> Option<CertificateDer<'static>> {
+    let [leaf] = chain else {
+        return None;
+    };
+    let (_, leaf_cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    CertificateDer::pem_slice_iter(ca_pem)
+        .filter_map(Result::ok)
+        .find(|ca| {
+            x509_parser::parse_x509_certificate(ca).is_ok_and(|(_, ca_cert)| {
+                ca_cert.subject() == leaf_cert.issuer()
+                    && leaf_cert
+                        .verify_signature(Some(ca_cert.public_key()))
+                        .is_ok()
+            })
+        })
+}
+
 fn tls_config(material: &TlsMaterial) -> Result<rustls::ServerConfig, ApiServerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs: Vec<CertificateDer<'static>> =
@@ -130,6 +151,14 @@ fn tls_config(material: &TlsMaterial) -> Result<rustls::ServerConfig, ApiServerE
         return Err(ApiServerError::Tls(
             "the serving certificate file holds no certificate".into(),
         ));
+    }
+    let mut certs = certs;
+    if let Some(ca) = material
+        .client_ca_pem
+        .as_deref()
+        .and_then(|ca| issuing_ca(&certs, ca))
+    {
+        certs.push(ca);
     }
     let key = PrivateKeyDer::from_pem_slice(&material.private_key_pem)
         .map_err(|e| ApiServerError::Tls(format!("serving key: {e}")))?;
@@ -571,5 +600,40 @@ async fn resource(
                 ))),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_issuing_ca_is_appended_to_a_lone_serving_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = kinit_pki::PkiSpec {
+            pki_dir: dir.path().to_path_buf(),
+            nodes: vec![kinit_pki::ControlPlaneNode {
+                name: "cp1".into(),
+                ips: vec!["192.0.2.10".parse().unwrap()],
+            }],
+            ..kinit_pki::PkiSpec::default()
+        };
+        kinit_pki::generate(&spec).unwrap();
+        let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+        let leaf: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(&read("apiserver.crt"))
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let ca = CertificateDer::pem_slice_iter(&read("ca.crt"))
+            .next()
+            .unwrap()
+            .unwrap();
+        let front_proxy = read("front-proxy-ca.crt");
+        // The issuer is found among several CAs.
+        let bundle = [front_proxy.clone(), read("ca.crt")].concat();
+        assert_eq!(issuing_ca(&leaf, &bundle), Some(ca.clone()));
+        // A CA that did not sign it, or a chain that is already complete, gets nothing.
+        assert_eq!(issuing_ca(&leaf, &front_proxy), None);
+        assert_eq!(issuing_ca(&[leaf[0].clone(), ca], &bundle), None);
     }
 }

@@ -5,7 +5,8 @@
 //!   `CN=system:node:<name>, O=system:nodes` with client-auth usages and no SANs is approved when
 //!   a SubjectAccessReview says its requester may `create certificatesigningrequests/nodeclient`
 //!   (bootstrap tokens, via kubeadm's default binding) or, when the requester is that node
-//!   itself, `…/selfnodeclient` (renewal);
+//!   itself, `…/selfnodeclient` (renewal); a `kubernetes.io/kubelet-serving` CSR is approved
+//!   when the node itself asks and every SAN is its own name or an address on its Node;
 //! - **signing**: approved CSRs of `kube-apiserver-client-kubelet`, `kubelet-serving` and
 //!   `kube-apiserver-client` are checked against their signer's rules and signed with the
 //!   cluster CA (`--cluster-signing-cert-file`/`--cluster-signing-key-file`), writing
@@ -27,6 +28,7 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestCondition,
 };
+use k8s_openapi::api::core::v1::Node;
 use kinit_pki::{CertificateAuthority, RequestedCertificate, SubjectAltName};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -391,6 +393,40 @@ async fn may(
     Ok(answer.status.is_some_and(|s| s.allowed))
 }
 
+/// Whether a kubelet serving CSR may be approved without a person: the requester is the node
+/// itself and every SAN is its own name or one of the addresses its Node reports. (Kubernetes
+/// leaves these to an external approver; kinit approves exactly the self-evident case.)
+pub fn serving_request_is_own(
+    requester: &str,
+    node: &str,
+    csr: &ParsedCsr,
+    node_object: Option<&Node>,
+) -> Result<(), String> {
+    if requester != format!("{NODE_USER_PREFIX}{node}") {
+        return Err(format!(
+            "requester {requester:?} is not the node {node:?} itself"
+        ));
+    }
+    let Some(node_object) = node_object else {
+        return Err(format!("Node {node} does not exist"));
+    };
+    if let Some(dns) = csr.dns_names.iter().find(|d| *d != node) {
+        return Err(format!("DNS name {dns:?} is not the node's name"));
+    }
+    let addresses: Vec<IpAddr> = node_object
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(|a| a.iter().filter_map(|a| a.address.parse().ok()).collect())
+        .unwrap_or_default();
+    if let Some(ip) = csr.ip_addresses.iter().find(|ip| !addresses.contains(ip)) {
+        return Err(format!(
+            "IP address {ip} is not among the addresses of Node {node}"
+        ));
+    }
+    Ok(())
+}
+
 async fn reconcile(
     csr: Arc<CertificateSigningRequest>,
     ctx: Arc<Ctx>,
@@ -420,7 +456,9 @@ async fn reconcile(
         return Ok(Action::await_change());
     }
     let will_sign = approved && ctx.signer.is_some();
-    let will_approve = !approved && ctx.approving && signer == SIGNER_KUBELET_CLIENT;
+    let will_approve = !approved
+        && ctx.approving
+        && (signer == SIGNER_KUBELET_CLIENT || signer == SIGNER_KUBELET_SERVING);
     if !will_sign && !will_approve {
         return Ok(Action::await_change());
     }
@@ -433,6 +471,36 @@ async fn reconcile(
     };
     if let Err(message) = validate_for_signer(signer, &parsed, &usages) {
         fail(&api, &csr, &format!("{message} (signer {signer})")).await?;
+        return Ok(Action::await_change());
+    }
+    if will_approve && signer == SIGNER_KUBELET_SERVING {
+        let node = validate_kubelet_serving(&parsed, &usages).map_err(ReconcileError::Invalid)?;
+        let requester = csr.spec.username.clone().unwrap_or_default();
+        let node_object = Api::<Node>::all(ctx.client.clone())
+            .get_opt(&node)
+            .await
+            .map_err(ReconcileError::kube(format!("reading Node {node}")))?;
+        if let Err(why) = serving_request_is_own(&requester, &node, &parsed, node_object.as_ref()) {
+            tracing::info!(csr = %name, %requester, "not auto-approving kubelet serving certificate: {why}");
+            return Ok(Action::await_change());
+        }
+        tracing::info!(csr = %name, node = %node, "auto-approving kubelet serving certificate");
+        let patch = with_condition(
+            &csr,
+            "Approved",
+            "AutoApproved",
+            "Auto approving kubelet serving certificate: the node asks for its own name and addresses.",
+        );
+        api.patch_subresource(
+            "approval",
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(ReconcileError::kube(format!(
+            "approving certificatesigningrequest {name}"
+        )))?;
         return Ok(Action::await_change());
     }
     if will_approve {
@@ -613,5 +681,35 @@ mod tests {
             approval_permissions("system:node:other", "w"),
             ["nodeclient"]
         );
+    }
+
+    #[test]
+    fn serving_requests_are_approved_only_for_the_nodes_own_name_and_addresses() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1"},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": "10.0.0.5"},
+                {"type": "Hostname", "address": "n1"}
+            ]}
+        }))
+        .unwrap();
+        let own =
+            parse_csr(request("system:node:n1", &["system:nodes"], &["n1", "10.0.0.5"]).as_bytes())
+                .unwrap();
+        assert!(serving_request_is_own("system:node:n1", "n1", &own, Some(&node)).is_ok());
+        let err = serving_request_is_own("system:node:n2", "n1", &own, Some(&node)).unwrap_err();
+        assert!(err.contains("not the node"), "{err}");
+        assert!(serving_request_is_own("system:node:n1", "n1", &own, None).is_err());
+        let other_ip =
+            parse_csr(request("system:node:n1", &["system:nodes"], &["10.0.0.6"]).as_bytes())
+                .unwrap();
+        let err =
+            serving_request_is_own("system:node:n1", "n1", &other_ip, Some(&node)).unwrap_err();
+        assert!(err.contains("10.0.0.6"), "{err}");
+        let other_name = parse_csr(
+            request("system:node:n1", &["system:nodes"], &["api.example.com"]).as_bytes(),
+        )
+        .unwrap();
+        assert!(serving_request_is_own("system:node:n1", "n1", &other_name, Some(&node)).is_err());
     }
 }
