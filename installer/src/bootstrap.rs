@@ -214,6 +214,130 @@ pub async fn publish_cluster_info(
     }
 }
 
+/// Re-signs the existing `cluster-info` for the current signing tokens (after `kinit token
+/// create` or `delete`), as kubeadm's bootstrap signer does. Returns whether it changed;
+/// `Ok(false)` too when there is no cluster-info yet (`apply` publishes it).
+pub async fn resign_cluster_info(client: &kube::Client) -> Result<bool, BootstrapError> {
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), CLUSTER_INFO_NAMESPACE);
+    let existing = maps.get_opt(CLUSTER_INFO_NAME).await.map_err(api(format!(
+        "cannot read ConfigMap {CLUSTER_INFO_NAMESPACE}/{CLUSTER_INFO_NAME}"
+    )))?;
+    let Some(kubeconfig) = existing
+        .and_then(|m| m.data)
+        .and_then(|mut d| d.remove(CLUSTER_INFO_KUBECONFIG_KEY))
+    else {
+        return Ok(false);
+    };
+    publish_cluster_info(client, &kubeconfig).await
+}
+
+/// Name of the Role (and RoleBinding) that lets joining nodes read the cluster settings.
+pub const CLUSTER_CONFIG_READER: &str = "kinit:nodes-kinit-config";
+
+/// Creates `object` in `api`, or replaces it when it differs in what `same` compares.
+async fn ensure<K>(
+    objects: &Api<K>,
+    name: &str,
+    mut object: K,
+    same: impl Fn(&K, &K) -> bool,
+) -> Result<bool, BootstrapError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + Serialize + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let what = format!("cannot write {} {name}", K::kind(&Default::default()));
+    match objects.get_opt(name).await.map_err(api(what.clone()))? {
+        Some(existing) if same(&existing, &object) => Ok(false),
+        Some(existing) => {
+            object.meta_mut().resource_version = existing.meta().resource_version.clone();
+            objects
+                .replace(name, &PostParams::default(), &object)
+                .await
+                .map_err(api(what))?;
+            Ok(true)
+        }
+        None => {
+            objects
+                .create(&PostParams::default(), &object)
+                .await
+                .map_err(api(what))?;
+            Ok(true)
+        }
+    }
+}
+
+/// Publishes the cluster settings joining workers render their files from
+/// (`kube-system/kinit-config`) and lets bootstrap tokens and nodes read them, like kubeadm's
+/// `kubeadm-config`. Returns whether anything changed.
+pub async fn publish_cluster_config(
+    client: &kube::Client,
+    cluster: &kinit_inventory::ClusterConfig,
+) -> Result<bool, BootstrapError> {
+    use crate::join::{CLUSTER_CONFIG_KEY, CLUSTER_CONFIG_NAME};
+    use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+    let yaml = serde_yaml::to_string(cluster).expect("cluster settings serialize");
+    let meta = |name: &str| ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some("kube-system".into()),
+        ..ObjectMeta::default()
+    };
+    let config = ConfigMap {
+        metadata: meta(CLUSTER_CONFIG_NAME),
+        data: Some(BTreeMap::from([(CLUSTER_CONFIG_KEY.to_string(), yaml)])),
+        ..ConfigMap::default()
+    };
+    let role = Role {
+        metadata: meta(CLUSTER_CONFIG_READER),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".into()]),
+            resource_names: Some(vec![CLUSTER_CONFIG_NAME.into()]),
+            verbs: vec!["get".into()],
+            ..PolicyRule::default()
+        }]),
+    };
+    let group = |name: &str| Subject {
+        kind: "Group".into(),
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        name: name.into(),
+        namespace: None,
+    };
+    let binding = RoleBinding {
+        metadata: meta(CLUSTER_CONFIG_READER),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: CLUSTER_CONFIG_READER.into(),
+        },
+        subjects: Some(vec![
+            group(kinit_auth::GROUP_BOOTSTRAPPERS),
+            group("system:nodes"),
+        ]),
+    };
+    let mut changed = ensure(
+        &Api::namespaced(client.clone(), "kube-system"),
+        CLUSTER_CONFIG_NAME,
+        config,
+        |a: &ConfigMap, b| a.data == b.data,
+    )
+    .await?;
+    changed |= ensure(
+        &Api::namespaced(client.clone(), "kube-system"),
+        CLUSTER_CONFIG_READER,
+        role,
+        |a: &Role, b| a.rules == b.rules,
+    )
+    .await?;
+    changed |= ensure(
+        &Api::namespaced(client.clone(), "kube-system"),
+        CLUSTER_CONFIG_READER,
+        binding,
+        |a: &RoleBinding, b| a.subjects == b.subjects && a.role_ref == b.role_ref,
+    )
+    .await?;
+    Ok(changed)
+}
+
 /// A node's state as `kinit apply` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

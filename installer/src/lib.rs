@@ -6,6 +6,7 @@ pub mod client;
 pub mod cluster;
 pub mod converge;
 pub mod desired;
+pub mod join;
 pub mod output;
 pub mod phases;
 pub mod reset;

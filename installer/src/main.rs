@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Install or converge a whole cluster from its inventory, over SSH (idempotent).
     Apply(Box<cmd::apply::ApplyArgs>),
+    /// Join this machine to a cluster as a worker (run as root on the new node).
+    Join(Box<cmd::join::JoinArgs>),
     /// Manage the cluster PKI: generate, check expiration, renew.
     Certs(cmd::certs::CertsArgs),
     /// Print default settings or render everything `init` would write, for review.
@@ -80,6 +82,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Apply(args) => cmd::apply::run(*args),
+        Command::Join(args) => cmd::join::run(*args),
         Command::Certs(args) => cmd::certs::run(args),
         Command::Config(args) => cmd::config::run(args),
         Command::Completion(args) => cmd::completion::run::<Cli>(args),

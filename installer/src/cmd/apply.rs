@@ -92,6 +92,8 @@ struct ApplyReport {
     api_ready_seconds: Option<f64>,
     /// Whether `kube-public/cluster-info` was created or updated.
     cluster_info_changed: bool,
+    /// Whether `kube-system/kinit-config` (settings for `kinit join`) was created or updated.
+    cluster_config_changed: bool,
     /// Anything on the cluster that failed outside a single host.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     errors: Vec<String>,
@@ -381,6 +383,7 @@ async fn apply(args: &ApplyArgs, inventory: &Inventory) -> anyhow::Result<ApplyR
         hosts: Vec::new(),
         api_ready_seconds: None,
         cluster_info_changed: false,
+        cluster_config_changed: false,
         errors: Vec::new(),
         changed: false,
         admin_kubeconfig: admin_kubeconfig.clone(),
@@ -408,6 +411,8 @@ async fn apply(args: &ApplyArgs, inventory: &Inventory) -> anyhow::Result<ApplyR
             let kubeconfig = bootstrap::cluster_info_kubeconfig(&server, &ca);
             report.cluster_info_changed =
                 bootstrap::publish_cluster_info(&client, &kubeconfig).await?;
+            report.cluster_config_changed =
+                bootstrap::publish_cluster_config(&client, &inventory.spec.cluster).await?;
             // A host whose phases failed is reported as such; waiting for its node is pointless.
             let names: Vec<String> = entries
                 .iter()
@@ -445,6 +450,7 @@ async fn apply(args: &ApplyArgs, inventory: &Inventory) -> anyhow::Result<ApplyR
 
     report.changed = pki_generated > 0
         || report.cluster_info_changed
+        || report.cluster_config_changed
         || summaries.iter().any(|s| !s.phases.is_empty());
     report.hosts = summaries;
     report.seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
@@ -495,6 +501,7 @@ mod tests {
             hosts,
             api_ready_seconds: Some(0.2),
             cluster_info_changed: false,
+            cluster_config_changed: false,
             errors: vec![],
             changed,
             admin_kubeconfig: "/s/admin.conf".into(),

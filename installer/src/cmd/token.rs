@@ -288,7 +288,7 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
     }
     client::block_on(async move {
         let kube = client::from_kubeconfig(&args.kubeconfig).await?;
-        let secrets: Api<Secret> = Api::namespaced(kube, BOOTSTRAP_TOKEN_NAMESPACE);
+        let secrets: Api<Secret> = Api::namespaced(kube.clone(), BOOTSTRAP_TOKEN_NAMESPACE);
         match args.command {
             TokenCommand::Generate => unreachable!("handled above"),
             TokenCommand::Create(create) => {
@@ -311,6 +311,10 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
                             secret.metadata.name.as_deref().unwrap_or_default()
                         )
                     })?;
+                // Joining nodes check cluster-info against the token's signature.
+                kinit::bootstrap::resign_cluster_info(&kube)
+                    .await
+                    .context("cannot sign cluster-info for the new token")?;
                 if create.print_join_command {
                     let kubeconfig = kinit_pki::Kubeconfig::load(&args.kubeconfig)?;
                     println!("{}", join_command(&kubeconfig, &token)?);
@@ -360,6 +364,9 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
                         })?;
                     println!("bootstrap token {id} deleted");
                 }
+                kinit::bootstrap::resign_cluster_info(&kube)
+                    .await
+                    .context("cannot drop the deleted tokens' signatures from cluster-info")?;
             }
         }
         Ok(ExitCode::SUCCESS)
