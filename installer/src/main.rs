@@ -16,6 +16,9 @@ struct Cli {
 enum Command {
     /// Install or converge a whole cluster from its inventory, over SSH (idempotent).
     Apply(Box<cmd::apply::ApplyArgs>),
+    /// Set up a one-host control plane over SSH (--host) or here (--local) and print the join
+    /// command for workers.
+    Init(Box<cmd::init::InitArgs>),
     /// Join this machine to a cluster as a worker (run as root on the new node).
     Join(Box<cmd::join::JoinArgs>),
     /// Manage the cluster PKI: generate, check expiration, renew.
@@ -82,6 +85,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Apply(args) => cmd::apply::run(*args),
+        Command::Init(args) => cmd::init::run(*args),
         Command::Join(args) => cmd::join::run(*args),
         Command::Certs(args) => cmd::certs::run(args),
         Command::Config(args) => cmd::config::run(args),

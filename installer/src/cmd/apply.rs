@@ -24,7 +24,7 @@ use kinit_executor::{run_on_all, AnyHost, Host};
 use kinit_inventory::{Inventory, Role};
 use serde::Serialize;
 
-use crate::cmd::hosts::HostArgs;
+use crate::cmd::hosts::{HostArgs, Selected};
 use crate::cmd::preflight::roles_from_inventory;
 
 /// `kinit apply`.
@@ -33,6 +33,13 @@ pub struct ApplyArgs {
     #[command(flatten)]
     pub hosts: HostArgs,
 
+    #[command(flatten)]
+    pub settings: ApplySettings,
+}
+
+/// What `apply` and `init` share besides host selection.
+#[derive(Debug, Args)]
+pub struct ApplySettings {
     /// Cluster state directory on this machine (PKI, kubeconfigs) [default:
     /// ~/.kinit/clusters/<metadata.name>].
     #[arg(long, value_name = "DIR")]
@@ -80,7 +87,7 @@ struct HostSummary {
 
 /// What `kinit apply` reports.
 #[derive(Debug, Serialize)]
-struct ApplyReport {
+pub(crate) struct ApplyReport {
     cluster: String,
     dry_run: bool,
     state_dir: PathBuf,
@@ -99,12 +106,12 @@ struct ApplyReport {
     errors: Vec<String>,
     /// True when this run changed (or a dry run would change) anything.
     changed: bool,
-    admin_kubeconfig: PathBuf,
+    pub(crate) admin_kubeconfig: PathBuf,
     seconds: f64,
 }
 
 impl ApplyReport {
-    fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.errors.is_empty()
             && self.hosts.iter().all(|h| {
                 h.error.is_none() && (self.dry_run || h.node.as_ref() == Some(&NodeState::Ready))
@@ -132,7 +139,7 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn table(report: &ApplyReport) -> String {
+pub(crate) fn table(report: &ApplyReport) -> String {
     let mut table = Table::new();
     table
         .load_preset(UTF8_FULL_CONDENSED)
@@ -278,9 +285,14 @@ fn summarize(outcome: &HostOutcome, entry: &kinit_inventory::Host, dry_run: bool
     }
 }
 
-async fn apply(args: &ApplyArgs, inventory: &Inventory) -> anyhow::Result<ApplyReport> {
+/// Converges `selected` (hosts of `inventory`) and bootstraps the cluster through its API.
+pub(crate) async fn apply(
+    args: &ApplySettings,
+    concurrency: usize,
+    inventory: &Inventory,
+    selected: Vec<Selected>,
+) -> anyhow::Result<ApplyReport> {
     let started = Instant::now();
-    let selected = args.hosts.select(Some(inventory))?;
     let real_state_dir = args
         .state_dir
         .clone()
@@ -331,7 +343,7 @@ async fn apply(args: &ApplyArgs, inventory: &Inventory) -> anyhow::Result<ApplyR
     }
 
     if !args.skip_preflight {
-        let failed = preflight_fresh_hosts(&hosts, &entries, args.hosts.concurrency).await;
+        let failed = preflight_fresh_hosts(&hosts, &entries, concurrency).await;
         if !failed.is_empty() {
             let mut message = String::from("preflight failed on hosts kinit has not installed yet; fix these (or pass --skip-preflight) and re-run:");
             for report in &failed {
@@ -361,7 +373,7 @@ async fn apply(args: &ApplyArgs, inventory: &Inventory) -> anyhow::Result<ApplyR
     let outcomes = converge(
         &hosts,
         ConvergeOptions {
-            concurrency: args.hosts.concurrency.max(1),
+            concurrency: concurrency.max(1),
             dry_run: args.dry_run,
             progress,
         },
@@ -466,8 +478,14 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let report = runtime.block_on(apply(&args, &inventory))?;
-    emit(&report, args.output, table)?;
+    let selected = args.hosts.select(Some(&inventory))?;
+    let report = runtime.block_on(apply(
+        &args.settings,
+        args.hosts.concurrency,
+        &inventory,
+        selected,
+    ))?;
+    emit(&report, args.settings.output, table)?;
     Ok(if report.ok() {
         ExitCode::SUCCESS
     } else {

@@ -7,6 +7,7 @@ pub mod component;
 pub mod config;
 pub mod controller_manager;
 pub mod hosts;
+pub mod init;
 pub mod join;
 pub mod kubeconfig;
 pub mod lab;

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Node;
 use kinit::client;
 use kinit::desired::default_state_dir;
 use kinit::output::{emit, OutputFormat};
+use kinit::phases::AGENT_UNIT;
 use kinit::reset::{reset, ResetReport};
 use kinit_executor::{run_on_all, Host};
 use kube::api::DeleteParams;
@@ -147,18 +148,29 @@ pub fn run(args: ResetArgs) -> anyhow::Result<ExitCode> {
             let kubeconfig = &kubeconfig;
             async move {
                 let host = s.host.name().to_string();
+                // The Node goes first, with the agent stopped (so it cannot register the Node
+                // again) but its pods still running: on a control plane they are the API.
+                let node_result = if args.dry_run {
+                    delete_node(kubeconfig, node, true).await
+                } else {
+                    let _ = s
+                        .host
+                        .run(&format!("systemctl stop {AGENT_UNIT} 2>/dev/null"))
+                        .await;
+                    delete_node(kubeconfig, node, false).await
+                };
                 match reset(&s.host, args.dry_run).await {
                     Ok(report) => HostResult {
                         report: Some(report),
                         host,
                         error: None,
-                        node: delete_node(kubeconfig, node, args.dry_run).await,
+                        node: node_result,
                     },
                     Err(e) => HostResult {
                         report: None,
                         host,
                         error: Some(e.to_string()),
-                        node: "kept (the host reset failed)".into(),
+                        node: format!("{node_result}; the host reset failed"),
                     },
                 }
             }

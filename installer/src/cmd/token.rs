@@ -81,7 +81,7 @@ struct CreateArgs {
 
 /// What a bootstrap token may be used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Usage {
+pub(crate) enum Usage {
     /// Authenticate to the API server as `system:bootstrap:<id>`.
     Authentication,
     /// Sign the `cluster-info` ConfigMap for discovery.
@@ -120,7 +120,7 @@ pub fn generate_token() -> String {
 }
 
 /// The secret that stores `token`.
-fn token_secret(
+pub(crate) fn token_secret(
     token: &str,
     ttl: Duration,
     now: OffsetDateTime,
@@ -255,7 +255,10 @@ fn list_table(rows: &Vec<TokenInfo>) -> String {
 }
 
 /// `host:port` of the API server and the CA hash, for the join command.
-fn join_command(kubeconfig: &kinit_pki::Kubeconfig, token: &str) -> anyhow::Result<String> {
+pub(crate) fn join_command(
+    kubeconfig: &kinit_pki::Kubeconfig,
+    token: &str,
+) -> anyhow::Result<String> {
     let cluster = kubeconfig
         .current_cluster()
         .context("the kubeconfig has no current cluster")?;

@@ -260,4 +260,100 @@ async fn phases_install_files_containerd_and_images_then_converge() {
         "a reset host has nothing left to reset: {:?}",
         again.actions
     );
+
+    println!("--- kinit init --host: a one-host control plane over SSH and a join command");
+    let address = state.hosts[0].address.clone();
+    let key = state.ssh_key.to_str().unwrap().to_string();
+    let init_state = tempfile::tempdir().unwrap();
+    let init_state_arg = init_state.path().to_str().unwrap().to_string();
+    let started = Instant::now();
+    let out = std::process::Command::new(&kinit)
+        .args([
+            "init",
+            "--host",
+            &address,
+            "--ssh-key",
+            &key,
+            "--known-hosts",
+            &known_hosts_arg,
+            "--node-name",
+            &node.name,
+            "--state-dir",
+            &init_state_arg,
+            "-o",
+            "json",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("init --host took {:.1} s", started.elapsed().as_secs_f64());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["hosts"][0]["node"], "ready", "{report:#}");
+    let join = report["join_command"].as_str().unwrap();
+    assert!(
+        join.starts_with(&format!("kinit join {address}:6443 --token ")),
+        "{join}"
+    );
+    let admin = init_state.path().join("admin.conf");
+    let out = std::process::Command::new(&kinit)
+        .args([
+            "reset",
+            "--host",
+            &address,
+            "--ssh-key",
+            &key,
+            "--known-hosts",
+            &known_hosts_arg,
+            "--node-name",
+            &node.name,
+            "--kubeconfig",
+            admin.to_str().unwrap(),
+            "--yes",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("deleted Node {}", node.name)),
+        "{text}"
+    );
+
+    println!("--- kinit init --local, run on the host itself");
+    host.upload(
+        kinit_executor::UploadSource::File(&kinit),
+        "/root/kinit",
+        &kinit_executor::FileAttrs::mode(0o755),
+    )
+    .await
+    .unwrap();
+    let local = host
+        .run_checked(&format!(
+            "/root/kinit init --local --node-ip {address} --node-name {} --schedule-workloads -o json",
+            node.name
+        ))
+        .await
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&local.stdout).unwrap();
+    assert_eq!(report["hosts"][0]["node"], "ready", "{report:#}");
+    assert!(report["join_command"].as_str().is_some());
+    host.run_checked(&format!(
+        "/root/kinit reset --local --yes --node-name {} --kubeconfig /root/.kinit/clusters/kinit/admin.conf && rm -rf /root/kinit /root/.kinit",
+        node.name
+    ))
+    .await
+    .unwrap();
+    let again = reset(host, true).await.unwrap();
+    assert!(
+        again.actions.iter().all(|a| a == "systemctl daemon-reload"),
+        "nothing left after init --local and reset: {:?}",
+        again.actions
+    );
 }
