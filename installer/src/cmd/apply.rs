@@ -409,7 +409,15 @@ pub(crate) async fn apply(
         .all(|(o, _)| o.ok());
     if !args.dry_run && control_planes_ok {
         let timeout = Duration::from_secs(args.wait_timeout);
+        let spinner = if progress {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         let result: anyhow::Result<()> = async {
+            spinner.set_message("waiting for the API server");
             let admin = kinit_pki::Kubeconfig::load(&admin_kubeconfig)?;
             let server = admin
                 .current_cluster()
@@ -417,6 +425,7 @@ pub(crate) async fn apply(
                 .context("admin.conf names no cluster")?;
             let client = client::from_kubeconfig(&admin_kubeconfig).await?;
             let waited = bootstrap::wait_for_api(&client, &server, timeout).await?;
+            spinner.set_message("publishing cluster-info and the cluster settings");
             report.api_ready_seconds = Some((waited.as_secs_f64() * 10.0).round() / 10.0);
             let ca = std::fs::read(state_dir.join("pki/ca.crt"))
                 .context("cannot read the cluster CA certificate")?;
@@ -432,6 +441,7 @@ pub(crate) async fn apply(
                 .filter(|(_, o)| o.ok())
                 .map(|(e, _)| e.name.clone())
                 .collect();
+            spinner.set_message(format!("waiting for {} node(s) to be Ready", names.len()));
             let states = bootstrap::wait_for_nodes(&client, &names, timeout).await?;
             for (summary, entry) in summaries.iter_mut().zip(&entries) {
                 summary.node = states.get(&entry.name).cloned();
@@ -451,6 +461,7 @@ pub(crate) async fn apply(
             Ok(())
         }
         .await;
+        spinner.finish_and_clear();
         if let Err(e) = result {
             report.errors.push(format!("{e:#}"));
         }
