@@ -376,6 +376,152 @@ async fn certificate(
     }
 }
 
+/// Certificates a previous join left on this machine that are still good: reused so that
+/// running the same join again changes nothing.
+#[derive(Debug, Default)]
+pub struct Existing {
+    /// Client certificate and key (PEM) from `/etc/kubernetes/kubelet.conf`.
+    pub client: Option<(String, String)>,
+    /// Serving certificate and key (PEM).
+    pub serving: Option<(String, String)>,
+}
+
+/// Renew certificates this long before they expire.
+const RENEW_BEFORE: time::Duration = time::Duration::days(30);
+
+/// Whether `cert_pem` was issued by `ca_pem`, is valid for 30 more days, and names `subject_cn`
+/// and (when given) the IP `ip` among its SANs.
+fn still_good(cert_pem: &str, ca_pem: &str, subject_cn: &str, ip: Option<IpAddr>) -> bool {
+    let parse = |pem: &str| -> Option<Vec<u8>> {
+        Some(
+            x509_parser::pem::parse_x509_pem(pem.as_bytes())
+                .ok()?
+                .1
+                .contents,
+        )
+    };
+    let (Some(cert_der), Some(ca_der)) = (parse(cert_pem), parse(ca_pem)) else {
+        return false;
+    };
+    let (Ok((_, cert)), Ok((_, ca))) = (
+        x509_parser::parse_x509_certificate(&cert_der),
+        x509_parser::parse_x509_certificate(&ca_der),
+    ) else {
+        return false;
+    };
+    let cn_ok = cert
+        .subject()
+        .iter_common_name()
+        .any(|cn| cn.as_str() == Ok(subject_cn));
+    let fresh = cert.validity().not_after.timestamp()
+        > (time::OffsetDateTime::now_utc() + RENEW_BEFORE).unix_timestamp();
+    let signed = cert.verify_signature(Some(ca.public_key())).is_ok();
+    let ip_ok = ip.is_none_or(|ip| {
+        let octets = match ip {
+            IpAddr::V4(v4) => v4.octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        cert.subject_alternative_name()
+            .ok()
+            .flatten()
+            .is_some_and(|san| {
+                san.value.general_names.iter().any(|n| {
+                    matches!(n, x509_parser::extensions::GeneralName::IPAddress(b) if *b == octets.as_slice())
+                })
+            })
+    });
+    cn_ok && fresh && signed && ip_ok
+}
+
+/// Reads what a previous join of `node` left (kubelet.conf, serving certificate) and keeps
+/// what is still good for this cluster's CA and `ip`.
+pub fn existing_credentials(ca_pem: &str, node: &str, ip: IpAddr) -> Existing {
+    let cn = format!("system:node:{node}");
+    let client = std::fs::read("/etc/kubernetes/kubelet.conf")
+        .ok()
+        .and_then(|yaml| {
+            let kc = kinit_pki::Kubeconfig::from_yaml(&yaml, std::path::Path::new("kubelet.conf"))
+                .ok()?;
+            let user = &kc.users.first()?.user;
+            let decode = |d: &Option<String>| -> Option<String> {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(d.as_deref()?)
+                    .ok()?;
+                String::from_utf8(bytes).ok()
+            };
+            Some((
+                decode(&user.client_certificate_data)?,
+                decode(&user.client_key_data)?,
+            ))
+        })
+        .filter(|(cert, _)| still_good(cert, ca_pem, &cn, None));
+    let serving = match (
+        std::fs::read_to_string(AGENT_SERVING_CERT),
+        std::fs::read_to_string(AGENT_SERVING_KEY),
+    ) {
+        (Ok(cert), Ok(key)) if still_good(&cert, ca_pem, &cn, Some(ip)) => Some((cert, key)),
+        _ => None,
+    };
+    Existing { client, serving }
+}
+
+/// A node name must be a lowercase RFC 1123 subdomain.
+pub fn validate_node_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "node name {name:?} is not a lowercase DNS name (a-z, 0-9, '-', '.'); pass --node-name"
+        ))
+    }
+}
+
+/// Refuses to take over a Node of the same name that is Ready at another address (a cloned
+/// machine, a typo, a control plane's name) unless `force`.
+pub async fn check_name_is_free(
+    bootstrap: &kube::Client,
+    node: &str,
+    ip: IpAddr,
+    force: bool,
+) -> Result<(), JoinError> {
+    let step = fail("node");
+    let Some(existing) = Api::<Node>::all(bootstrap.clone())
+        .get_opt(node)
+        .await
+        .map_err(|e| step(format!("cannot read Node {node}: {e}")))?
+    else {
+        return Ok(());
+    };
+    let status = existing.status.unwrap_or_default();
+    let ready = status
+        .conditions
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let addresses: Vec<String> = status
+        .addresses
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .map(|a| a.address)
+        .collect();
+    if ready && !addresses.is_empty() && !addresses.contains(&ip.to_string()) && !force {
+        return Err(step(format!(
+            "a Ready Node named {node} already exists at {}; pick another --node-name, or reset that node first (--force takes the name over)",
+            addresses.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// The node's credentials and place in the cluster after TLS bootstrap.
 pub struct Bootstrapped {
     /// `/etc/kubernetes/kubelet.conf` contents.
@@ -396,17 +542,24 @@ pub async fn bootstrap_node(
     node: &str,
     ip: IpAddr,
     timeout: Duration,
+    existing: &Existing,
 ) -> Result<Bootstrapped, JoinError> {
-    let (key, request) = node_request(node, Vec::new()).map_err(fail("certificate"))?;
-    let cert = certificate(
-        bootstrap,
-        node,
-        &request,
-        SIGNER_KUBELET_CLIENT,
-        &["digital signature", "client auth"],
-        timeout,
-    )
-    .await?;
+    let (cert, key) = match &existing.client {
+        Some(pair) => pair.clone(),
+        None => {
+            let (key, request) = node_request(node, Vec::new()).map_err(fail("certificate"))?;
+            let cert = certificate(
+                bootstrap,
+                node,
+                &request,
+                SIGNER_KUBELET_CLIENT,
+                &["digital signature", "client auth"],
+                timeout,
+            )
+            .await?;
+            (cert, key)
+        }
+    };
     let kubeconfig = kinit_pki::Kubeconfig::with_client_certificate(
         &discovered.cluster.cluster_name,
         &discovered.server,
@@ -478,22 +631,29 @@ pub async fn bootstrap_node(
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
 
-    let (serving_key, serving_request) =
-        node_request(node, vec![node.to_string(), ip.to_string()]).map_err(fail("certificate"))?;
-    let serving_cert = certificate(
-        &client,
-        node,
-        &serving_request,
-        SIGNER_KUBELET_SERVING,
-        &["digital signature", "server auth"],
-        timeout,
-    )
-    .await?;
+    let serving = match &existing.serving {
+        Some(pair) => pair.clone(),
+        None => {
+            let (serving_key, serving_request) =
+                node_request(node, vec![node.to_string(), ip.to_string()])
+                    .map_err(fail("certificate"))?;
+            let serving_cert = certificate(
+                &client,
+                node,
+                &serving_request,
+                SIGNER_KUBELET_SERVING,
+                &["digital signature", "server auth"],
+                timeout,
+            )
+            .await?;
+            (serving_cert, serving_key)
+        }
+    };
     Ok(Bootstrapped {
         kubeconfig,
         client,
         pod_cidr,
-        serving: (serving_cert, serving_key),
+        serving,
     })
 }
 
@@ -602,6 +762,42 @@ mod tests {
         let fp_der = CertificateDer::pem_slice_iter(&fp).next().unwrap().unwrap();
         let err = pinned_ca(&[chain[0].clone(), fp_der], &[fp_pin]).unwrap_err();
         assert!(err.contains("not signed by the pinned CA"), "{err}");
+    }
+
+    #[test]
+    fn node_names_must_be_lowercase_dns_names() {
+        assert!(validate_node_name("node-1.example.com").is_ok());
+        for bad in ["", "Node1", "node_1", "-a", "a..b", "a-"] {
+            assert!(validate_node_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_fresh_certificates_from_this_ca_for_this_node_are_reused() {
+        let (dir, _, _) = pki();
+        let ca_pem = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+        let other_ca = std::fs::read_to_string(dir.path().join("front-proxy-ca.crt")).unwrap();
+        let ca = kinit_pki::CertificateAuthority::load(dir.path(), kinit_pki::CaKind::Kubernetes)
+            .unwrap();
+        let ip: IpAddr = "10.0.0.5".parse().unwrap();
+        let issue = |days: i64| {
+            kinit_pki::issue_serving_certificate(
+                &ca,
+                "system:node:n1",
+                &[kinit_pki::SubjectAltName::Ip(ip)],
+                time::Duration::days(days),
+                kinit_pki::KeyAlgorithm::default(),
+            )
+            .unwrap()
+            .cert_pem
+        };
+        let cert = issue(365);
+        assert!(still_good(&cert, &ca_pem, "system:node:n1", Some(ip)));
+        assert!(!still_good(&cert, &other_ca, "system:node:n1", Some(ip)));
+        assert!(!still_good(&cert, &ca_pem, "system:node:n2", Some(ip)));
+        let other_ip = "10.0.0.6".parse().ok();
+        assert!(!still_good(&cert, &ca_pem, "system:node:n1", other_ip));
+        assert!(!still_good(&issue(10), &ca_pem, "system:node:n1", Some(ip)));
     }
 
     #[test]

@@ -53,6 +53,11 @@ DRY={dry}
 # Every change goes through `act`: it prints the command, and runs it unless this is a dry run.
 act() {{ echo "$*"; if [ "$DRY" = 0 ]; then "$@" >/dev/null 2>&1 || echo "  (failed: $*)" >&2; fi; }}
 restart_containerd=0
+# Wait for a phase command a killed `kinit apply` left running (phases hold the same lock).
+if [ "$DRY" = 0 ] && command -v flock >/dev/null 2>&1; then
+  exec 9>>{phase_lock}
+  flock -w 900 9 || echo "  (could not take {phase_lock}; continuing)" >&2
+fi
 
 if systemctl cat {agent} >/dev/null 2>&1; then
   act systemctl disable --now {agent}
@@ -62,15 +67,15 @@ fi
 if command -v ctr >/dev/null 2>&1 && systemctl is-active --quiet containerd; then
   # SIGKILL each task, wait for them to exit, then delete them. (`tasks rm -f` was seen to
   # wait forever on pod sandboxes; every ctr call is bounded by `timeout`.)
-  tasks=$(ctr -n k8s.io tasks ls -q 2>/dev/null)
+  tasks=$(timeout 30 ctr -n k8s.io tasks ls -q 2>/dev/null)
   for t in $tasks; do act timeout 30 ctr -n k8s.io tasks kill -s SIGKILL "$t"; done
   if [ "$DRY" = 0 ]; then
     i=0
     while [ $i -lt 40 ] && timeout 10 ctr -n k8s.io tasks ls 2>/dev/null | grep -q ' RUNNING'; do sleep 0.25; i=$((i+1)); done
   fi
   for t in $tasks; do act timeout 30 ctr -n k8s.io tasks delete "$t"; done
-  for c in $(ctr -n k8s.io containers ls -q 2>/dev/null); do act timeout 30 ctr -n k8s.io containers rm "$c"; done
-  for i in $(ctr -n k8s.io images ls -q 2>/dev/null | grep '^kinit\.local/'); do act timeout 60 ctr -n k8s.io images rm "$i"; done
+  for c in $(timeout 30 ctr -n k8s.io containers ls -q 2>/dev/null); do act timeout 30 ctr -n k8s.io containers rm "$c"; done
+  for i in $(timeout 30 ctr -n k8s.io images ls -q 2>/dev/null | grep '^kinit\.local/'); do act timeout 60 ctr -n k8s.io images rm "$i"; done
 fi
 
 for n in $(ip netns list 2>/dev/null | awk '{{print $1}}' | grep '^cni-'); do act ip netns delete "$n"; done

@@ -393,16 +393,47 @@ async fn may(
     Ok(answer.status.is_some_and(|s| s.allowed))
 }
 
-/// Whether a kubelet serving CSR may be approved without a person: the requester is the node
-/// itself and every SAN is its own name or one of the addresses its Node reports. (Kubernetes
-/// leaves these to an external approver; kinit approves exactly the self-evident case.)
+/// Names and addresses no node may get a serving certificate for: the API server's (the
+/// `kubernetes` names, its Service IP, endpoints and the published endpoint — the cluster CA
+/// signs both kinds of serving certificate) and those of every other Node.
+#[derive(Debug, Default, Clone)]
+pub struct Reserved {
+    /// DNS names.
+    pub names: Vec<String>,
+    /// IP addresses.
+    pub ips: Vec<IpAddr>,
+}
+
+impl Reserved {
+    fn name_taken(&self, name: &str) -> bool {
+        name == "kubernetes"
+            || name.starts_with("kubernetes.")
+            || self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+fn node_addresses(node: &Node) -> Vec<IpAddr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(|a| a.iter().filter_map(|a| a.address.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Whether a kubelet serving CSR may be approved without a person: the node itself asks (user
+/// and `system:nodes` group), every DNS SAN is its own name and every IP SAN one of its Node's
+/// addresses, and none of them is [`Reserved`]. (Kubernetes leaves serving CSRs to an external
+/// approver; kinit approves exactly this case.)
 pub fn serving_request_is_own(
     requester: &str,
+    groups: &[String],
     node: &str,
     csr: &ParsedCsr,
     node_object: Option<&Node>,
+    reserved: &Reserved,
 ) -> Result<(), String> {
-    if requester != format!("{NODE_USER_PREFIX}{node}") {
+    if requester != format!("{NODE_USER_PREFIX}{node}") || !groups.iter().any(|g| g == NODES_GROUP)
+    {
         return Err(format!(
             "requester {requester:?} is not the node {node:?} itself"
         ));
@@ -410,21 +441,94 @@ pub fn serving_request_is_own(
     let Some(node_object) = node_object else {
         return Err(format!("Node {node} does not exist"));
     };
-    if let Some(dns) = csr.dns_names.iter().find(|d| *d != node) {
-        return Err(format!("DNS name {dns:?} is not the node's name"));
+    for dns in &csr.dns_names {
+        if dns != node {
+            return Err(format!("DNS name {dns:?} is not the node's name"));
+        }
+        if reserved.name_taken(dns) {
+            return Err(format!("DNS name {dns:?} belongs to the API server"));
+        }
     }
-    let addresses: Vec<IpAddr> = node_object
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .map(|a| a.iter().filter_map(|a| a.address.parse().ok()).collect())
-        .unwrap_or_default();
-    if let Some(ip) = csr.ip_addresses.iter().find(|ip| !addresses.contains(ip)) {
-        return Err(format!(
-            "IP address {ip} is not among the addresses of Node {node}"
-        ));
+    let addresses = node_addresses(node_object);
+    for ip in &csr.ip_addresses {
+        if !addresses.contains(ip) {
+            return Err(format!(
+                "IP address {ip} is not among the addresses of Node {node}"
+            ));
+        }
+        if reserved.ips.contains(ip) {
+            return Err(format!(
+                "IP address {ip} belongs to the API server or another node"
+            ));
+        }
     }
     Ok(())
+}
+
+/// What [`Reserved`] holds for a request from `node`, read from the API.
+async fn reserved_for(client: &Client, node: &str) -> Result<Reserved, ReconcileError> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Service};
+    let mut reserved = Reserved::default();
+    let read = |what: &str| ReconcileError::kube(format!("reading {what}"));
+    for other in Api::<Node>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .map_err(read("Nodes"))?
+        .items
+    {
+        if other.metadata.name.as_deref() != Some(node) {
+            reserved.ips.extend(node_addresses(&other));
+        }
+    }
+    if let Some(service) = Api::<Service>::namespaced(client.clone(), "default")
+        .get_opt("kubernetes")
+        .await
+        .map_err(read("Service default/kubernetes"))?
+    {
+        let spec = service.spec.unwrap_or_default();
+        for ip in spec
+            .cluster_ips
+            .unwrap_or_default()
+            .iter()
+            .chain(&spec.cluster_ip)
+        {
+            reserved.ips.extend(ip.parse::<IpAddr>().ok());
+        }
+    }
+    if let Some(endpoints) = Api::<Endpoints>::namespaced(client.clone(), "default")
+        .get_opt("kubernetes")
+        .await
+        .map_err(read("Endpoints default/kubernetes"))?
+    {
+        for subset in endpoints.subsets.unwrap_or_default() {
+            for address in subset.addresses.unwrap_or_default() {
+                reserved.ips.extend(address.ip.parse::<IpAddr>().ok());
+            }
+        }
+    }
+    if let Some(info) = Api::<ConfigMap>::namespaced(client.clone(), "kube-public")
+        .get_opt("cluster-info")
+        .await
+        .map_err(read("ConfigMap kube-public/cluster-info"))?
+    {
+        let kubeconfig = info.data.unwrap_or_default().remove("kubeconfig");
+        let server = kubeconfig
+            .and_then(|k| serde_yaml::from_str::<serde_yaml::Value>(&k).ok())
+            .and_then(|v| {
+                v["clusters"][0]["cluster"]["server"]
+                    .as_str()
+                    .map(str::to_string)
+            });
+        if let Some(url) = server.and_then(|s| url::Url::parse(&s).ok()) {
+            match url.host() {
+                Some(url::Host::Domain(d)) => reserved.names.push(d.to_string()),
+                Some(url::Host::Ipv4(ip)) => reserved.ips.push(ip.into()),
+                Some(url::Host::Ipv6(ip)) => reserved.ips.push(ip.into()),
+                None => {}
+            }
+        }
+    }
+    Ok(reserved)
 }
 
 async fn reconcile(
@@ -480,7 +584,16 @@ async fn reconcile(
             .get_opt(&node)
             .await
             .map_err(ReconcileError::kube(format!("reading Node {node}")))?;
-        if let Err(why) = serving_request_is_own(&requester, &node, &parsed, node_object.as_ref()) {
+        let groups = csr.spec.groups.clone().unwrap_or_default();
+        let reserved = reserved_for(&ctx.client, &node).await?;
+        if let Err(why) = serving_request_is_own(
+            &requester,
+            &groups,
+            &node,
+            &parsed,
+            node_object.as_ref(),
+            &reserved,
+        ) {
             tracing::info!(csr = %name, %requester, "not auto-approving kubelet serving certificate: {why}");
             return Ok(Action::await_change());
         }
@@ -689,27 +802,66 @@ mod tests {
             "metadata": {"name": "n1"},
             "status": {"addresses": [
                 {"type": "InternalIP", "address": "10.0.0.5"},
+                {"type": "InternalIP", "address": "10.0.0.1"},
                 {"type": "Hostname", "address": "n1"}
             ]}
         }))
         .unwrap();
-        let own =
-            parse_csr(request("system:node:n1", &["system:nodes"], &["n1", "10.0.0.5"]).as_bytes())
-                .unwrap();
-        assert!(serving_request_is_own("system:node:n1", "n1", &own, Some(&node)).is_ok());
-        let err = serving_request_is_own("system:node:n2", "n1", &own, Some(&node)).unwrap_err();
-        assert!(err.contains("not the node"), "{err}");
-        assert!(serving_request_is_own("system:node:n1", "n1", &own, None).is_err());
-        let other_ip =
-            parse_csr(request("system:node:n1", &["system:nodes"], &["10.0.0.6"]).as_bytes())
-                .unwrap();
-        let err =
-            serving_request_is_own("system:node:n1", "n1", &other_ip, Some(&node)).unwrap_err();
-        assert!(err.contains("10.0.0.6"), "{err}");
-        let other_name = parse_csr(
-            request("system:node:n1", &["system:nodes"], &["api.example.com"]).as_bytes(),
+        let nodes = vec![NODES_GROUP.to_string()];
+        let reserved = Reserved {
+            names: vec!["api.example.com".into()],
+            ips: vec!["10.0.0.1".parse().unwrap()],
+        };
+        let check = |requester: &str,
+                     groups: &[String],
+                     node_name: &str,
+                     sans: &[&str],
+                     object: Option<&Node>| {
+            let csr = parse_csr(
+                request(&format!("system:node:{node_name}"), &["system:nodes"], sans).as_bytes(),
+            )
+            .unwrap();
+            serving_request_is_own(requester, groups, node_name, &csr, object, &reserved)
+        };
+        assert!(check(
+            "system:node:n1",
+            &nodes,
+            "n1",
+            &["n1", "10.0.0.5"],
+            Some(&node)
         )
-        .unwrap();
-        assert!(serving_request_is_own("system:node:n1", "n1", &other_name, Some(&node)).is_err());
+        .is_ok());
+        let err = check("system:node:n2", &nodes, "n1", &["n1"], Some(&node)).unwrap_err();
+        assert!(err.contains("not the node"), "{err}");
+        assert!(
+            check("system:node:n1", &[], "n1", &["n1"], Some(&node)).is_err(),
+            "group needed"
+        );
+        assert!(check("system:node:n1", &nodes, "n1", &["n1"], None).is_err());
+        let err = check("system:node:n1", &nodes, "n1", &["10.0.0.6"], Some(&node)).unwrap_err();
+        assert!(err.contains("10.0.0.6"), "{err}");
+        assert!(check(
+            "system:node:n1",
+            &nodes,
+            "n1",
+            &["other.example.com"],
+            Some(&node)
+        )
+        .is_err());
+        // The node reports 10.0.0.1 itself, but it is the API server's (or another node's).
+        let err = check("system:node:n1", &nodes, "n1", &["10.0.0.1"], Some(&node)).unwrap_err();
+        assert!(err.contains("belongs to"), "{err}");
+        // A node named like the API server gets no serving certificate for that name.
+        for name in ["kubernetes.default.svc", "api.example.com"] {
+            let err = check(
+                &format!("system:node:{name}"),
+                &nodes,
+                name,
+                &[name],
+                Some(&node),
+            )
+            .unwrap_err();
+            assert!(err.contains("belongs to the API server"), "{err}");
+        }
     }
 }

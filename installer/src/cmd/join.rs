@@ -11,7 +11,10 @@ use clap::Args;
 use k8s_openapi::api::core::v1::Node;
 use kinit::bootstrap::NodeState;
 use kinit::converge::{converge, run_id, ConvergeOptions};
-use kinit::join::{bootstrap_node, discover, worker_files};
+use kinit::join::{
+    bootstrap_node, check_name_is_free, discover, existing_credentials, validate_node_name,
+    worker_files,
+};
 use kinit::output::{emit, OutputFormat};
 use kinit::phases::{Binary, HostTarget};
 use kinit_executor::LocalHost;
@@ -47,6 +50,14 @@ pub struct JoinArgs {
     /// The kinit binary to install [default: this program].
     #[arg(long, value_name = "FILE")]
     pub binary: Option<PathBuf>,
+
+    /// Take over the name of a Ready Node at another address.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Skip the preflight checks on a machine kinit has not installed yet.
+    #[arg(long)]
+    pub skip_preflight: bool,
 
     /// Seconds to wait for each certificate, the pod CIDR and the node to be Ready.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
@@ -112,8 +123,12 @@ async fn join(args: &JoinArgs) -> anyhow::Result<JoinReport> {
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
             .context("cannot read this machine's hostname; pass --node-name")?
             .trim()
-            .to_string(),
+            .to_lowercase(),
     };
+    validate_node_name(&node).map_err(anyhow::Error::msg)?;
+    if std::path::Path::new("/etc/kubernetes/manifests/kube-apiserver.yaml").exists() {
+        bail!("this machine runs a kinit control plane; workers join, control planes are managed with `kinit apply` (or `kinit reset` it first)");
+    }
     let ip = match args.node_ip {
         Some(ip) => ip,
         None => source_ip(&args.endpoint)?,
@@ -123,13 +138,55 @@ async fn join(args: &JoinArgs) -> anyhow::Result<JoinReport> {
             eprintln!("[join] {m}");
         }
     };
+    let local = LocalHost::new(&node);
+    let managed = std::path::Path::new(kinit::sync::STATE_ROOT)
+        .join(kinit::sync::MANAGED_LIST)
+        .exists();
+    if !managed && !args.skip_preflight {
+        say("preflight");
+        let roles = kinit_executor::preflight::HostRoles {
+            control_plane: false,
+            etcd: false,
+            worker: true,
+        };
+        let report = kinit_executor::preflight::check_host(
+            &local,
+            &roles,
+            &kinit_executor::preflight::PreflightOptions::default(),
+        )
+        .await;
+        if report.has_failures() {
+            let failed: Vec<String> = report
+                .checks
+                .iter()
+                .filter(|c| c.status == kinit_executor::preflight::CheckStatus::Fail)
+                .map(|c| {
+                    format!(
+                        "{}: {}{}",
+                        c.check,
+                        c.message,
+                        c.fix
+                            .as_deref()
+                            .map(|f| format!(" (fix: {f})"))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
+            bail!(
+                "preflight failed; fix these (or pass --skip-preflight) and re-run:\n  {}",
+                failed.join("\n  ")
+            );
+        }
+    }
     say(&format!("discovering the cluster at {}", args.endpoint));
     let (discovered, bootstrap) = discover(&args.endpoint, &args.token, &args.ca_hashes).await?;
     say(&format!(
         "cluster {:?}, API {}; requesting certificates for node {node} ({ip})",
         discovered.cluster.cluster_name, discovered.server
     ));
-    let boot = bootstrap_node(&bootstrap, &discovered, &node, ip, timeout).await?;
+    check_name_is_free(&bootstrap, &node, ip, args.force).await?;
+    let existing = existing_credentials(&discovered.ca_pem, &node, ip);
+    let boot = bootstrap_node(&bootstrap, &discovered, &node, ip, timeout, &existing).await?;
     say(&format!("pod CIDR {}; installing", boot.pod_cidr));
     let files = worker_files(&discovered, &node, ip, &boot)?;
     let binary_path = match &args.binary {
@@ -138,7 +195,7 @@ async fn join(args: &JoinArgs) -> anyhow::Result<JoinReport> {
     };
     let binary = Binary::load(&binary_path)
         .with_context(|| format!("cannot read the kinit binary {}", binary_path.display()))?;
-    let hosts = vec![(LocalHost::new(&node), HostTarget { binary, files })];
+    let hosts = vec![(local, HostTarget { binary, files })];
     let outcome = converge(
         &hosts,
         ConvergeOptions {

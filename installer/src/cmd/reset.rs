@@ -144,22 +144,32 @@ pub fn run(args: ResetArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let results = client::block_on(async {
         let hosts: Vec<_> = selected.iter().zip(&node_names).collect();
-        Ok(run_on_all(&hosts, args.hosts.concurrency, |(s, node)| {
+        // First every Node, with its agent stopped (so it cannot register the Node again) but
+        // all pods still running — on control planes they are the API; then the hosts.
+        let node_results = run_on_all(&hosts, args.hosts.concurrency, |(s, node)| {
             let kubeconfig = &kubeconfig;
             async move {
-                let host = s.host.name().to_string();
-                // The Node goes first, with the agent stopped (so it cannot register the Node
-                // again) but its pods still running: on a control plane they are the API.
-                let node_result = if args.dry_run {
-                    delete_node(kubeconfig, node, true).await
-                } else {
+                if !args.dry_run {
                     let _ = s
                         .host
                         .run(&format!("systemctl stop {AGENT_UNIT} 2>/dev/null"))
                         .await;
-                    delete_node(kubeconfig, node, false).await
-                };
-                match reset(&s.host, args.dry_run).await {
+                }
+                delete_node(kubeconfig, node, args.dry_run).await
+            }
+        })
+        .await;
+        let reports = run_on_all(&selected, args.hosts.concurrency, |s| {
+            reset(&s.host, args.dry_run)
+        })
+        .await;
+        Ok(selected
+            .iter()
+            .zip(reports)
+            .zip(node_results)
+            .map(|((s, report), node_result)| {
+                let host = s.host.name().to_string();
+                match report {
                     Ok(report) => HostResult {
                         report: Some(report),
                         host,
@@ -173,9 +183,8 @@ pub fn run(args: ResetArgs) -> anyhow::Result<ExitCode> {
                         node: format!("{node_result}; the host reset failed"),
                     },
                 }
-            }
-        })
-        .await)
+            })
+            .collect::<Vec<_>>())
     })
     .context("reset")?;
     emit(&results, args.output, table)?;

@@ -314,10 +314,11 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
                             secret.metadata.name.as_deref().unwrap_or_default()
                         )
                     })?;
-                // Joining nodes check cluster-info against the token's signature.
-                kinit::bootstrap::resign_cluster_info(&kube)
-                    .await
-                    .context("cannot sign cluster-info for the new token")?;
+                // Joining nodes check cluster-info against the token's signature. The token
+                // exists either way: print it, and say why joining with it fails for now.
+                if let Err(e) = kinit::bootstrap::resign_cluster_info(&kube).await {
+                    eprintln!("warning: cannot sign cluster-info for the new token ({e}); `kinit join` with it fails until cluster-info is signed (re-run `kinit apply` or `kinit token create`)");
+                }
                 if create.print_join_command {
                     let kubeconfig = kinit_pki::Kubeconfig::load(&args.kubeconfig)?;
                     println!("{}", join_command(&kubeconfig, &token)?);

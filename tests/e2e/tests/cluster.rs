@@ -574,6 +574,25 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
     println!("join took {:.1} s", started.elapsed().as_secs_f64());
     let joined: Value = serde_json::from_slice(&joined.stdout).unwrap();
     assert_eq!(joined["state"], "ready", "{joined}");
+    // The same join again reuses the certificates and changes nothing.
+    let again = node3
+        .run_checked(&format!("/root/kinit {join_args} -o json"))
+        .await
+        .unwrap();
+    let again: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["state"], "ready", "{again}");
+    assert_eq!(again["phases"], serde_json::json!([]), "{again}");
+    // The name of another Ready node is not taken over.
+    let taken = node3
+        .run(&format!("/root/kinit {join_args} --node-name node2"))
+        .await
+        .unwrap();
+    assert!(!taken.success());
+    assert!(
+        String::from_utf8_lossy(&taken.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
     let csrs = kubectl.ok(&["get", "csr"]);
     for signer in [
         "kubernetes.io/kube-apiserver-client-kubelet",
