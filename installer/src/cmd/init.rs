@@ -20,7 +20,9 @@ use serde::Serialize;
 
 use crate::cmd::apply::{apply, table as apply_table, ApplyReport, ApplySettings};
 use crate::cmd::hosts::{HostArgs, Selected};
-use crate::cmd::token::{generate_token, join_command, token_secret, Usage, DEFAULT_GROUP};
+use crate::cmd::token::{
+    generate_token, join_command, secret_field, token_secret, Usage, DEFAULT_GROUP,
+};
 
 /// `kinit init`.
 #[derive(Debug, Args)]
@@ -118,19 +120,60 @@ fn inventory(args: &InitArgs) -> anyhow::Result<Inventory> {
     Ok(inventory)
 }
 
-/// Creates a join token and returns the `kinit join` command line.
+/// Description of the tokens `init` creates; a re-run reuses one that is still valid.
+const INIT_TOKEN_DESCRIPTION: &str = "created by kinit init";
+
+/// The token of an earlier `init` that stays valid for at least another hour, if any.
+fn reusable_init_token(secrets: &[Secret], now: time::OffsetDateTime) -> Option<String> {
+    use time::format_description::well_known::Rfc3339;
+    secrets.iter().find_map(|s| {
+        if secret_field(s, "description").as_deref() != Some(INIT_TOKEN_DESCRIPTION)
+            || secret_field(s, "usage-bootstrap-signing").as_deref() != Some("true")
+            || secret_field(s, "usage-bootstrap-authentication").as_deref() != Some("true")
+        {
+            return None;
+        }
+        let lasting = match secret_field(s, "expiration") {
+            None => true,
+            Some(e) => time::OffsetDateTime::parse(&e, &Rfc3339)
+                .is_ok_and(|at| at > now + time::Duration::hours(1)),
+        };
+        lasting.then(|| {
+            Some(format!(
+                "{}.{}",
+                secret_field(s, "token-id")?,
+                secret_field(s, "token-secret")?
+            ))
+        })?
+    })
+}
+
+/// Creates a join token (or reuses the one an earlier `init` made) and returns the
+/// `kinit join` command line.
 async fn join_line(admin: &std::path::Path, ttl: Duration) -> anyhow::Result<String> {
     let kube = client::from_kubeconfig(admin).await?;
+    let secrets_api =
+        kube::Api::<Secret>::namespaced(kube.clone(), kinit_auth::BOOTSTRAP_TOKEN_NAMESPACE);
+    let existing = secrets_api
+        .list(
+            &kube::api::ListParams::default()
+                .fields(&format!("type={}", kinit_auth::BOOTSTRAP_TOKEN_SECRET_TYPE)),
+        )
+        .await
+        .context("cannot list bootstrap tokens")?;
+    if let Some(token) = reusable_init_token(&existing.items, time::OffsetDateTime::now_utc()) {
+        return join_command(&kinit_pki::Kubeconfig::load(admin)?, &token);
+    }
     let token = generate_token();
     let secret = token_secret(
         &token,
         ttl,
         time::OffsetDateTime::now_utc(),
-        Some("created by kinit init"),
+        Some(INIT_TOKEN_DESCRIPTION),
         &[Usage::Signing, Usage::Authentication],
         &[DEFAULT_GROUP.to_string()],
     )?;
-    kube::Api::<Secret>::namespaced(kube.clone(), kinit_auth::BOOTSTRAP_TOKEN_NAMESPACE)
+    secrets_api
         .create(&PostParams::default(), &secret)
         .await
         .context("cannot create the join token")?;
@@ -213,6 +256,42 @@ mod tests {
         assert_eq!(host.roles, [Role::ControlPlane]);
         assert!(host.ssh.sudo, "a non-root user needs sudo");
         assert_eq!(inv.api_endpoint().host, "10.0.0.5");
+    }
+
+    #[test]
+    fn a_rerun_reuses_the_init_token_while_it_lasts() {
+        let now = time::OffsetDateTime::now_utc();
+        let make = |description: &str, ttl_hours: u64| {
+            let mut secret = token_secret(
+                "abcdef.0123456789abcdef",
+                Duration::from_secs(ttl_hours * 3600),
+                now,
+                Some(description),
+                &[Usage::Signing, Usage::Authentication],
+                &[DEFAULT_GROUP.to_string()],
+            )
+            .unwrap();
+            // As read back from the API: stringData arrives as data.
+            secret.data = secret.string_data.take().map(|d| {
+                d.into_iter()
+                    .map(|(k, v)| (k, k8s_openapi::ByteString(v.into_bytes())))
+                    .collect()
+            });
+            secret
+        };
+        assert_eq!(
+            reusable_init_token(&[make(INIT_TOKEN_DESCRIPTION, 24)], now).as_deref(),
+            Some("abcdef.0123456789abcdef")
+        );
+        assert_eq!(reusable_init_token(&[make("rack 4", 24)], now), None);
+        assert_eq!(
+            reusable_init_token(
+                &[make(INIT_TOKEN_DESCRIPTION, 24)],
+                now + time::Duration::hours(24)
+            ),
+            None,
+            "an expiring token is not handed out again"
+        );
     }
 
     #[test]

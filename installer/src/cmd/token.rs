@@ -182,7 +182,7 @@ struct TokenInfo {
     extra_groups: Vec<String>,
 }
 
-fn secret_field(secret: &Secret, key: &str) -> Option<String> {
+pub(crate) fn secret_field(secret: &Secret, key: &str) -> Option<String> {
     secret
         .data
         .as_ref()

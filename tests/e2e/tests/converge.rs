@@ -300,6 +300,34 @@ async fn phases_install_files_containerd_and_images_then_converge() {
         join.starts_with(&format!("kinit join {address}:6443 --token ")),
         "{join}"
     );
+    // Run again: nothing changes and the same join command comes back.
+    let out = std::process::Command::new(&kinit)
+        .args([
+            "init",
+            "--host",
+            &address,
+            "--ssh-key",
+            &key,
+            "--known-hosts",
+            &known_hosts_arg,
+            "--node-name",
+            &node.name,
+            "--state-dir",
+            &init_state_arg,
+            "-o",
+            "json",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rerun: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rerun["changed"], false, "{rerun:#}");
+    assert_eq!(rerun["join_command"], report["join_command"]);
     let admin = init_state.path().join("admin.conf");
     let out = std::process::Command::new(&kinit)
         .args([
