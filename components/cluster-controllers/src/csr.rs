@@ -531,6 +531,28 @@ async fn reserved_for(client: &Client, node: &str) -> Result<Reserved, Reconcile
     Ok(reserved)
 }
 
+/// Adds the `Approved` condition (reason `AutoApproved`) through the approval subresource;
+/// signing follows when the approval comes back as a watch event.
+async fn approve(
+    api: &Api<CertificateSigningRequest>,
+    csr: &CertificateSigningRequest,
+    message: &str,
+) -> Result<(), ReconcileError> {
+    let name = csr.name_any();
+    let patch = with_condition(csr, "Approved", "AutoApproved", message);
+    api.patch_subresource(
+        "approval",
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(ReconcileError::kube(format!(
+        "approving certificatesigningrequest {name}"
+    )))?;
+    Ok(())
+}
+
 async fn reconcile(
     csr: Arc<CertificateSigningRequest>,
     ctx: Arc<Ctx>,
@@ -598,22 +620,12 @@ async fn reconcile(
             return Ok(Action::await_change());
         }
         tracing::info!(csr = %name, node = %node, "auto-approving kubelet serving certificate");
-        let patch = with_condition(
+        approve(
+            &api,
             &csr,
-            "Approved",
-            "AutoApproved",
             "Auto approving kubelet serving certificate: the node asks for its own name and addresses.",
-        );
-        api.patch_subresource(
-            "approval",
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
         )
-        .await
-        .map_err(ReconcileError::kube(format!(
-            "approving certificatesigningrequest {name}"
-        )))?;
+        .await?;
         return Ok(Action::await_change());
     }
     if will_approve {
@@ -622,22 +634,12 @@ async fn reconcile(
         for subresource in approval_permissions(&requester, &node) {
             if may(&ctx.client, &csr, subresource).await? {
                 tracing::info!(csr = %name, %requester, node = %node, "auto-approving kubelet client certificate");
-                let patch = with_condition(
+                approve(
+                    &api,
                     &csr,
-                    "Approved",
-                    "AutoApproved",
                     "Auto approving kubelet client certificate after SubjectAccessReview.",
-                );
-                api.patch_subresource(
-                    "approval",
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
                 )
-                .await
-                .map_err(ReconcileError::kube(format!(
-                    "approving certificatesigningrequest {name}"
-                )))?;
+                .await?;
                 // The approval comes back as a watch event; signing happens then.
                 return Ok(Action::await_change());
             }
