@@ -130,36 +130,47 @@ pub fn verify_detached_jws(jws: &str, payload: &[u8], token_id: &str, token_secr
     ring::hmac::verify(&key, signed.as_bytes(), &signature).is_ok()
 }
 
-fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+/// A field of a bootstrap-token Secret, from `data` (as the API returns it) or `stringData`.
+pub fn secret_field(secret: &Secret, key: &str) -> Option<String> {
     secret
         .data
         .as_ref()
         .and_then(|d| d.get(key))
         .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        .or_else(|| secret.string_data.as_ref()?.get(key).cloned())
+}
+
+/// Whether a bootstrap token is still valid at `at`: it has no expiration or a later one (an
+/// unreadable expiration counts as expired).
+pub fn token_valid_at(secret: &Secret, at: time::OffsetDateTime) -> bool {
+    secret_field(secret, "expiration").is_none_or(|e| {
+        time::OffsetDateTime::parse(&e, &time::format_description::well_known::Rfc3339)
+            .is_ok_and(|expires| expires > at)
+    })
+}
+
+/// Every bootstrap-token Secret (`kube-system`, type `bootstrap.kubernetes.io/token`).
+pub async fn bootstrap_token_secrets(client: &kube::Client) -> Result<Vec<Secret>, BootstrapError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), BOOTSTRAP_TOKEN_NAMESPACE);
+    Ok(secrets
+        .list(&ListParams::default().fields(&format!("type={BOOTSTRAP_TOKEN_SECRET_TYPE}")))
+        .await
+        .map_err(api("cannot list bootstrap tokens in kube-system"))?
+        .items)
 }
 
 /// Signing bootstrap tokens `(id, secret)` in kube-system that have not expired.
 async fn signing_tokens(client: &kube::Client) -> Result<Vec<(String, String)>, BootstrapError> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), BOOTSTRAP_TOKEN_NAMESPACE);
-    let list = secrets
-        .list(&ListParams::default().fields(&format!("type={BOOTSTRAP_TOKEN_SECRET_TYPE}")))
-        .await
-        .map_err(api("cannot list bootstrap tokens in kube-system"))?;
     let now = time::OffsetDateTime::now_utc();
-    Ok(list
-        .items
+    Ok(bootstrap_token_secrets(client)
+        .await?
         .iter()
-        .filter(|s| secret_value(s, "usage-bootstrap-signing").as_deref() == Some("true"))
-        .filter(|s| {
-            secret_value(s, "expiration").is_none_or(|e| {
-                time::OffsetDateTime::parse(&e, &time::format_description::well_known::Rfc3339)
-                    .is_ok_and(|at| at > now)
-            })
-        })
+        .filter(|s| secret_field(s, "usage-bootstrap-signing").as_deref() == Some("true"))
+        .filter(|s| token_valid_at(s, now))
         .filter_map(|s| {
             Some((
-                secret_value(s, "token-id")?,
-                secret_value(s, "token-secret")?,
+                secret_field(s, "token-id")?,
+                secret_field(s, "token-secret")?,
             ))
         })
         .collect())

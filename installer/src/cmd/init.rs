@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use k8s_openapi::api::core::v1::Secret;
+use kinit::bootstrap::{secret_field, token_valid_at};
 use kinit::client;
 use kinit::output::emit;
 use kinit_executor::LocalHost;
@@ -20,9 +21,7 @@ use serde::Serialize;
 
 use crate::cmd::apply::{apply, table as apply_table, ApplyReport, ApplySettings};
 use crate::cmd::hosts::{HostArgs, Selected};
-use crate::cmd::token::{
-    generate_token, join_command, secret_field, token_secret, Usage, DEFAULT_GROUP,
-};
+use crate::cmd::token::{generate_token, join_command, token_secret, Usage, DEFAULT_GROUP};
 
 /// `kinit init`.
 #[derive(Debug, Args)]
@@ -125,43 +124,29 @@ const INIT_TOKEN_DESCRIPTION: &str = "created by kinit init";
 
 /// The token of an earlier `init` that stays valid for at least another hour, if any.
 fn reusable_init_token(secrets: &[Secret], now: time::OffsetDateTime) -> Option<String> {
-    use time::format_description::well_known::Rfc3339;
-    secrets.iter().find_map(|s| {
-        if secret_field(s, "description").as_deref() != Some(INIT_TOKEN_DESCRIPTION)
-            || secret_field(s, "usage-bootstrap-signing").as_deref() != Some("true")
-            || secret_field(s, "usage-bootstrap-authentication").as_deref() != Some("true")
-        {
-            return None;
-        }
-        let lasting = match secret_field(s, "expiration") {
-            None => true,
-            Some(e) => time::OffsetDateTime::parse(&e, &Rfc3339)
-                .is_ok_and(|at| at > now + time::Duration::hours(1)),
-        };
-        lasting.then(|| {
+    secrets
+        .iter()
+        .filter(|s| {
+            secret_field(s, "description").as_deref() == Some(INIT_TOKEN_DESCRIPTION)
+                && secret_field(s, "usage-bootstrap-signing").as_deref() == Some("true")
+                && secret_field(s, "usage-bootstrap-authentication").as_deref() == Some("true")
+                && token_valid_at(s, now + time::Duration::hours(1))
+        })
+        .find_map(|s| {
             Some(format!(
                 "{}.{}",
                 secret_field(s, "token-id")?,
                 secret_field(s, "token-secret")?
             ))
-        })?
-    })
+        })
 }
 
 /// Creates a join token (or reuses the one an earlier `init` made) and returns the
 /// `kinit join` command line.
 async fn join_line(admin: &std::path::Path, ttl: Duration) -> anyhow::Result<String> {
     let kube = client::from_kubeconfig(admin).await?;
-    let secrets_api =
-        kube::Api::<Secret>::namespaced(kube.clone(), kinit_auth::BOOTSTRAP_TOKEN_NAMESPACE);
-    let existing = secrets_api
-        .list(
-            &kube::api::ListParams::default()
-                .fields(&format!("type={}", kinit_auth::BOOTSTRAP_TOKEN_SECRET_TYPE)),
-        )
-        .await
-        .context("cannot list bootstrap tokens")?;
-    if let Some(token) = reusable_init_token(&existing.items, time::OffsetDateTime::now_utc()) {
+    let existing = kinit::bootstrap::bootstrap_token_secrets(&kube).await?;
+    if let Some(token) = reusable_init_token(&existing, time::OffsetDateTime::now_utc()) {
         return join_command(&kinit_pki::Kubeconfig::load(admin)?, &token);
     }
     let token = generate_token();
@@ -173,7 +158,7 @@ async fn join_line(admin: &std::path::Path, ttl: Duration) -> anyhow::Result<Str
         &[Usage::Signing, Usage::Authentication],
         &[DEFAULT_GROUP.to_string()],
     )?;
-    secrets_api
+    kube::Api::<Secret>::namespaced(kube.clone(), kinit_auth::BOOTSTRAP_TOKEN_NAMESPACE)
         .create(&PostParams::default(), &secret)
         .await
         .context("cannot create the join token")?;

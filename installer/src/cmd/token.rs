@@ -15,13 +15,14 @@ use kinit_auth::{
     is_valid_bootstrap_group, parse_bootstrap_token, BOOTSTRAP_TOKEN_NAMESPACE,
     BOOTSTRAP_TOKEN_SECRET_PREFIX, BOOTSTRAP_TOKEN_SECRET_TYPE,
 };
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use rand::Rng;
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use kinit::bootstrap::secret_field;
 use kinit::client;
 use kinit::output::{emit, OutputFormat};
 
@@ -182,15 +183,6 @@ struct TokenInfo {
     extra_groups: Vec<String>,
 }
 
-pub(crate) fn secret_field(secret: &Secret, key: &str) -> Option<String> {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-        .or_else(|| secret.string_data.as_ref()?.get(key).cloned())
-}
-
 fn token_info(secret: &Secret, now: OffsetDateTime) -> Option<TokenInfo> {
     let id = secret_field(secret, "token-id")?;
     let token_secret = secret_field(secret, "token-secret")?;
@@ -327,19 +319,9 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             TokenCommand::List { output } => {
-                let list = secrets
-                    .list(
-                        &ListParams::default()
-                            .fields(&format!("type={BOOTSTRAP_TOKEN_SECRET_TYPE}")),
-                    )
-                    .await
-                    .context("cannot list bootstrap token secrets in kube-system")?;
+                let list = kinit::bootstrap::bootstrap_token_secrets(&kube).await?;
                 let now = OffsetDateTime::now_utc();
-                let rows: Vec<TokenInfo> = list
-                    .items
-                    .iter()
-                    .filter_map(|s| token_info(s, now))
-                    .collect();
+                let rows: Vec<TokenInfo> = list.iter().filter_map(|s| token_info(s, now)).collect();
                 emit(&rows, output, list_table)?;
             }
             TokenCommand::Delete { tokens } => {
