@@ -372,7 +372,8 @@ impl std::fmt::Display for NodeState {
     }
 }
 
-fn node_state(node: &Node) -> NodeState {
+/// A Node's state from its Ready condition.
+pub fn node_state(node: &Node) -> NodeState {
     let ready = node
         .status
         .as_ref()

@@ -500,14 +500,10 @@ pub async fn check_name_is_free(
     else {
         return Ok(());
     };
-    let status = existing.status.unwrap_or_default();
-    let ready = status
-        .conditions
-        .unwrap_or_default()
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    let addresses: Vec<String> = status
-        .addresses
+    let ready = crate::bootstrap::node_state(&existing) == crate::bootstrap::NodeState::Ready;
+    let addresses: Vec<String> = existing
+        .status
+        .and_then(|s| s.addresses)
         .unwrap_or_default()
         .into_iter()
         .filter(|a| a.type_ == "InternalIP")

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use k8s_openapi::api::core::v1::Node;
 use kinit::bootstrap::NodeState;
 use kinit::converge::{converge, run_id, ConvergeOptions};
 use kinit::join::{
@@ -212,24 +211,11 @@ async fn join(args: &JoinArgs) -> anyhow::Result<JoinReport> {
     }
     let phases = outcome.ran.iter().map(|p| p.title().to_string()).collect();
     say("waiting for the node to be Ready");
-    let nodes: kube::Api<Node> = kube::Api::all(boot.client.clone());
-    let deadline = Instant::now() + timeout;
-    let state = loop {
-        let current = nodes.get(&node).await.context("cannot read this Node")?;
-        let ready = current
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .into_iter()
-            .find(|c| c.type_ == "Ready");
-        match ready {
-            Some(c) if c.status == "True" => break NodeState::Ready,
-            other if Instant::now() > deadline => {
-                break NodeState::NotReady(other.and_then(|c| c.message).unwrap_or_default())
-            }
-            _ => tokio::time::sleep(Duration::from_secs(1)).await,
-        }
-    };
+    let state =
+        kinit::bootstrap::wait_for_nodes(&boot.client, std::slice::from_ref(&node), timeout)
+            .await?
+            .remove(&node)
+            .unwrap_or(NodeState::Missing);
     Ok(JoinReport {
         node,
         node_ip: ip,
