@@ -188,6 +188,52 @@ pub const AGENT_SERVING_KEY: &str = "/var/lib/kinit/agent/pki/agent.key";
 /// Renew an agent serving certificate this long before it expires.
 const RENEW_BEFORE: time::Duration = time::Duration::days(30);
 
+/// Whether the PEM certificate `cert_pem` stays valid for 30 more days and, for each
+/// requirement given, was signed by `issuer_pem`, has common name `subject_cn` and names the IP
+/// `ip` among its SANs. Used to keep (rather than re-issue) certificates on re-runs.
+pub fn certificate_still_good(
+    cert_pem: &[u8],
+    issuer_pem: Option<&[u8]>,
+    subject_cn: Option<&str>,
+    ip: Option<std::net::IpAddr>,
+) -> bool {
+    let parse = |pem: &[u8]| Some(x509_parser::pem::parse_x509_pem(pem).ok()?.1.contents);
+    let Some(cert_der) = parse(cert_pem) else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&cert_der) else {
+        return false;
+    };
+    let fresh = cert.validity().not_after.timestamp()
+        > (time::OffsetDateTime::now_utc() + RENEW_BEFORE).unix_timestamp();
+    let signed = issuer_pem.is_none_or(|pem| {
+        parse(pem).is_some_and(|der| {
+            x509_parser::parse_x509_certificate(&der)
+                .is_ok_and(|(_, ca)| cert.verify_signature(Some(ca.public_key())).is_ok())
+        })
+    });
+    let cn_ok = subject_cn.is_none_or(|want| {
+        cert.subject()
+            .iter_common_name()
+            .any(|cn| cn.as_str() == Ok(want))
+    });
+    let ip_ok = ip.is_none_or(|ip| {
+        let octets = match ip {
+            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        cert.subject_alternative_name()
+            .ok()
+            .flatten()
+            .is_some_and(|san| {
+                san.value.general_names.iter().any(|n| {
+                    matches!(n, x509_parser::extensions::GeneralName::IPAddress(b) if *b == octets.as_slice())
+                })
+            })
+    });
+    fresh && signed && cn_ok && ip_ok
+}
+
 /// The agent serving certificate of `host` (SANs: node name and node IP) kept in `node_dir`,
 /// issued anew when missing, expiring within 30 days, or naming other SANs.
 fn agent_serving_certificate(
@@ -198,32 +244,8 @@ fn agent_serving_certificate(
     let cert_path = node_dir.join("agent.crt");
     let key_path = node_dir.join("agent.key");
     let ip = host.node_ip();
-    let reusable = |pem: &[u8]| -> bool {
-        let Ok((_, block)) = x509_parser::pem::parse_x509_pem(pem) else {
-            return false;
-        };
-        let Ok(cert) = block.parse_x509() else {
-            return false;
-        };
-        let fresh = cert.validity().not_after.timestamp()
-            > (time::OffsetDateTime::now_utc() + RENEW_BEFORE).unix_timestamp();
-        let names_ip = cert
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .is_some_and(|san| {
-                san.value.general_names.iter().any(|n| match n {
-                    x509_parser::extensions::GeneralName::IPAddress(b) => match ip {
-                        std::net::IpAddr::V4(v4) => *b == v4.octets(),
-                        std::net::IpAddr::V6(v6) => *b == v6.octets(),
-                    },
-                    _ => false,
-                })
-            });
-        fresh && names_ip
-    };
     if let (Ok(cert), Ok(key)) = (fs::read(&cert_path), fs::read(&key_path)) {
-        if reusable(&cert) {
+        if certificate_still_good(&cert, None, None, Some(ip)) {
             return Ok((cert, key));
         }
     }

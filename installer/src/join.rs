@@ -386,51 +386,15 @@ pub struct Existing {
     pub serving: Option<(String, String)>,
 }
 
-/// Renew certificates this long before they expire.
-const RENEW_BEFORE: time::Duration = time::Duration::days(30);
-
 /// Whether `cert_pem` was issued by `ca_pem`, is valid for 30 more days, and names `subject_cn`
 /// and (when given) the IP `ip` among its SANs.
 fn still_good(cert_pem: &str, ca_pem: &str, subject_cn: &str, ip: Option<IpAddr>) -> bool {
-    let parse = |pem: &str| -> Option<Vec<u8>> {
-        Some(
-            x509_parser::pem::parse_x509_pem(pem.as_bytes())
-                .ok()?
-                .1
-                .contents,
-        )
-    };
-    let (Some(cert_der), Some(ca_der)) = (parse(cert_pem), parse(ca_pem)) else {
-        return false;
-    };
-    let (Ok((_, cert)), Ok((_, ca))) = (
-        x509_parser::parse_x509_certificate(&cert_der),
-        x509_parser::parse_x509_certificate(&ca_der),
-    ) else {
-        return false;
-    };
-    let cn_ok = cert
-        .subject()
-        .iter_common_name()
-        .any(|cn| cn.as_str() == Ok(subject_cn));
-    let fresh = cert.validity().not_after.timestamp()
-        > (time::OffsetDateTime::now_utc() + RENEW_BEFORE).unix_timestamp();
-    let signed = cert.verify_signature(Some(ca.public_key())).is_ok();
-    let ip_ok = ip.is_none_or(|ip| {
-        let octets = match ip {
-            IpAddr::V4(v4) => v4.octets().to_vec(),
-            IpAddr::V6(v6) => v6.octets().to_vec(),
-        };
-        cert.subject_alternative_name()
-            .ok()
-            .flatten()
-            .is_some_and(|san| {
-                san.value.general_names.iter().any(|n| {
-                    matches!(n, x509_parser::extensions::GeneralName::IPAddress(b) if *b == octets.as_slice())
-                })
-            })
-    });
-    cn_ok && fresh && signed && ip_ok
+    crate::desired::certificate_still_good(
+        cert_pem.as_bytes(),
+        Some(ca_pem.as_bytes()),
+        Some(subject_cn),
+        ip,
+    )
 }
 
 /// Reads what a previous join of `node` left (kubelet.conf, serving certificate) and keeps
