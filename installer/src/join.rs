@@ -113,17 +113,6 @@ impl ServerCertVerifier for RecordChain {
     }
 }
 
-fn der_to_pem(der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-        pem.push('\n');
-    }
-    pem.push_str("-----END CERTIFICATE-----\n");
-    pem
-}
-
 /// Normalizes a pin to `sha256:<lowercase hex>`.
 fn normalize_pin(pin: &str) -> String {
     let hex = pin.trim().strip_prefix("sha256:").unwrap_or(pin.trim());
@@ -141,7 +130,7 @@ pub fn pinned_ca(chain: &[CertificateDer<'_>], pins: &[String]) -> Result<String
         .map_err(|e| format!("the server certificate does not parse: {e}"))?;
     let mut seen = Vec::new();
     for ca in rest {
-        let pem = der_to_pem(ca);
+        let pem = kinit_pki::der_to_pem(ca);
         let Ok(hash) = kinit_pki::ca_cert_hash(pem.as_bytes()) else {
             continue;
         };

@@ -689,7 +689,7 @@ pub(crate) fn parse_der<'a>(der: &'a [u8], path: &Path) -> Result<X509Certificat
 }
 
 /// DER → PEM (`CERTIFICATE`).
-pub(crate) fn der_to_pem(der: &[u8]) -> String {
+pub fn der_to_pem(der: &[u8]) -> String {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = String::from("-----BEGIN CERTIFICATE-----\n");

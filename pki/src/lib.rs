@@ -24,7 +24,9 @@ mod spec;
 pub use catalog::{
     CertLocation, CertName, CLUSTER_ADMINS_GROUP, NODES_GROUP, SYSTEM_MASTERS_GROUP,
 };
-pub use cert::{ca_cert_hash, CaKind, CertificateAuthority, RequestedCertificate, SubjectAltName};
+pub use cert::{
+    ca_cert_hash, der_to_pem, CaKind, CertificateAuthority, RequestedCertificate, SubjectAltName,
+};
 pub use client::{
     client_kubeconfig, issue_client_certificate, issue_serving_certificate, write_kubeconfig,
     ClientCertificate,
