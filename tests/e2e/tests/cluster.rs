@@ -503,23 +503,28 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
         !kinit_leftovers(node3).await.is_empty(),
         "node3 has kinit before the reset"
     );
-    let out = Command::new(&kinit)
-        .args(["reset", "-i"])
-        .arg(&lab.inventory)
-        .arg("--known-hosts")
-        .arg(&lab.known_hosts)
-        .arg("--kubeconfig")
-        .arg(&kubectl.kubeconfig)
-        .args(["--only", "node3", "--yes"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // `kinit reset --only node3 --yes`; its table output.
+    let reset_node3 = || -> String {
+        let out = Command::new(&kinit)
+            .args(["reset", "-i"])
+            .arg(&lab.inventory)
+            .arg("--known-hosts")
+            .arg(&lab.known_hosts)
+            .arg("--kubeconfig")
+            .arg(&kubectl.kubeconfig)
+            .args(["--only", "node3", "--yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let text = reset_node3();
     assert!(text.contains("deleted Node node3"), "{text}");
     let left = kinit_leftovers(node3).await;
     assert!(left.is_empty(), "left on node3 after reset: {left:#?}");
@@ -616,22 +621,7 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
     let logs = kubectl.ok(&["logs", "on-node3"]);
     assert!(logs.contains("listening"), "{logs}");
     kubectl.ok(&["delete", "pod", "on-node3", "--wait=false"]);
-    let out = Command::new(&kinit)
-        .args(["reset", "-i"])
-        .arg(&lab.inventory)
-        .arg("--known-hosts")
-        .arg(&lab.known_hosts)
-        .arg("--kubeconfig")
-        .arg(&kubectl.kubeconfig)
-        .args(["--only", "node3", "--yes"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    reset_node3();
     node3.run_checked("rm -f /root/kinit").await.unwrap();
     let left = kinit_leftovers(node3).await;
     assert!(

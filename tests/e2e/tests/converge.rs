@@ -266,34 +266,38 @@ async fn phases_install_files_containerd_and_images_then_converge() {
     let key = state.ssh_key.to_str().unwrap().to_string();
     let init_state = tempfile::tempdir().unwrap();
     let init_state_arg = init_state.path().to_str().unwrap().to_string();
+    // `kinit init --host` on the lab host; the report as JSON.
+    let init_cli = || -> serde_json::Value {
+        let out = std::process::Command::new(&kinit)
+            .args([
+                "init",
+                "--host",
+                &address,
+                "--ssh-key",
+                &key,
+                "--known-hosts",
+                &known_hosts_arg,
+                "--node-name",
+                &node.name,
+                "--state-dir",
+                &init_state_arg,
+                "-o",
+                "json",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
     let started = Instant::now();
-    let out = std::process::Command::new(&kinit)
-        .args([
-            "init",
-            "--host",
-            &address,
-            "--ssh-key",
-            &key,
-            "--known-hosts",
-            &known_hosts_arg,
-            "--node-name",
-            &node.name,
-            "--state-dir",
-            &init_state_arg,
-            "-o",
-            "json",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report = init_cli();
     println!("init --host took {:.1} s", started.elapsed().as_secs_f64());
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["hosts"][0]["node"], "ready", "{report:#}");
     let join = report["join_command"].as_str().unwrap();
     assert!(
@@ -301,31 +305,7 @@ async fn phases_install_files_containerd_and_images_then_converge() {
         "{join}"
     );
     // Run again: nothing changes and the same join command comes back.
-    let out = std::process::Command::new(&kinit)
-        .args([
-            "init",
-            "--host",
-            &address,
-            "--ssh-key",
-            &key,
-            "--known-hosts",
-            &known_hosts_arg,
-            "--node-name",
-            &node.name,
-            "--state-dir",
-            &init_state_arg,
-            "-o",
-            "json",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rerun: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rerun = init_cli();
     assert_eq!(rerun["changed"], false, "{rerun:#}");
     assert_eq!(rerun["join_command"], report["join_command"]);
     let admin = init_state.path().join("admin.conf");
