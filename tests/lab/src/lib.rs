@@ -691,6 +691,16 @@ async fn configure_network(host: &HostState, leader: i32) -> Result<String, LabE
         nsenter(&["route", "replace", "default", "via", GATEWAY]),
     )
     .await?;
+    // The image's sysctl.d file says the same, but systemd-sysctl.service inside a container
+    // can fail to start (cgroup v1 migration errors under load) and the host then boots
+    // "degraded" with the values it inherited from this machine. Network sysctls belong to the
+    // host's network namespace, so they are set from here, deterministically.
+    system::run_tool(
+        &what,
+        "nsenter",
+        ["-t", target.as_str(), "-n", "sh", "-c", HOST_NET_SYSCTLS],
+    )
+    .await?;
     let link =
         system::run_tool(&what, "nsenter", nsenter(&["-o", "link", "show", "host0"])).await?;
     let peer_index = parse_peer_ifindex(&link).ok_or_else(|| LabError::Boot {
@@ -704,6 +714,14 @@ async fn configure_network(host: &HostState, leader: i32) -> Result<String, LabE
         console_log: host.console_log(),
     })
 }
+
+/// Run inside a lab host's network namespace: what a prepared Kubernetes host has (the
+/// preflight checks these). The bridge ones exist only while br_netfilter is loaded.
+const HOST_NET_SYSCTLS: &str = "echo 1 > /proc/sys/net/ipv4/ip_forward && \
+     for f in /proc/sys/net/bridge/bridge-nf-call-iptables \
+              /proc/sys/net/bridge/bridge-nf-call-ip6tables; do \
+       if [ -e \"$f\" ]; then echo 1 > \"$f\"; fi; \
+     done";
 
 /// `2: host0@if7: <…>` → 7.
 fn parse_peer_ifindex(ip_link_line: &str) -> Option<u32> {
@@ -1003,6 +1021,25 @@ mod tests {
         assert!(text.contains("10.88.0.11\tnode1\n"));
         assert!(text.contains("10.88.0.12\tnode2\n"));
         assert!(text.starts_with("127.0.0.1\tlocalhost\n"));
+    }
+
+    /// A fresh network namespace inherits `ip_forward` from this machine (often 0); the
+    /// script must leave it at 1 whatever the host's own boot did.
+    #[test]
+    fn host_net_sysctls_enable_forwarding_in_a_fresh_namespace() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "skipped: creating a network namespace needs root (tests/run.sh runs as root)"
+            );
+            return;
+        }
+        let script = format!("{HOST_NET_SYSCTLS} && cat /proc/sys/net/ipv4/ip_forward");
+        let out = std::process::Command::new("unshare")
+            .args(["--net", "sh", "-c", &script])
+            .output()
+            .expect("run unshare");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
     }
 
     #[tokio::test]
