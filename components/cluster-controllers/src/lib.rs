@@ -8,6 +8,7 @@
 //! - [`gc`]: the garbage collector (dangling owners, foreground and orphan deletion);
 //! - [`ipam`]: pod CIDRs for nodes (`--allocate-node-cidrs`);
 //! - [`node_lifecycle`]: unreachable / not-ready taints and NoExecute evictions;
+//! - [`podgc`]: force-deletion of pods whose node is gone and of excess finished pods;
 //! - [`csr`]: auto-approval of kubelet client CSRs and signing with the cluster CA.
 //!
 //! [`run`] starts the enabled ones on one client and runs them until the future is dropped.
@@ -28,6 +29,7 @@ pub mod gc;
 pub mod ipam;
 pub mod namespace;
 pub mod node_lifecycle;
+pub mod podgc;
 
 pub use error::{ClusterControllerError, ReconcileError};
 
@@ -46,6 +48,8 @@ pub enum ControllerName {
     NodeIpam,
     /// `node-lifecycle`: node health taints and NoExecute evictions.
     NodeLifecycle,
+    /// `pod-garbage-collector`: pods of deleted nodes, excess finished pods.
+    PodGarbageCollector,
     /// `csrapproving`: auto-approval of kubelet client certificates.
     CsrApproving,
     /// `csrsigning`: signing of approved CSRs with the cluster CA.
@@ -54,13 +58,14 @@ pub enum ControllerName {
 
 impl ControllerName {
     /// Every controller of this crate.
-    pub const ALL: [ControllerName; 8] = [
+    pub const ALL: [ControllerName; 9] = [
         ControllerName::Endpoints,
         ControllerName::EndpointSlice,
         ControllerName::Namespace,
         ControllerName::GarbageCollector,
         ControllerName::NodeIpam,
         ControllerName::NodeLifecycle,
+        ControllerName::PodGarbageCollector,
         ControllerName::CsrApproving,
         ControllerName::CsrSigning,
     ];
@@ -74,6 +79,7 @@ impl ControllerName {
             ControllerName::GarbageCollector => "garbage-collector",
             ControllerName::NodeIpam => "node-ipam",
             ControllerName::NodeLifecycle => "node-lifecycle",
+            ControllerName::PodGarbageCollector => "pod-garbage-collector",
             ControllerName::CsrApproving => "csrapproving",
             ControllerName::CsrSigning => "csrsigning",
         }
@@ -156,6 +162,8 @@ pub struct ClusterControllerOptions {
     /// `--pod-eviction-timeout`: how long pods without a matching NoExecute toleration stay on
     /// an unhealthy node before eviction (default 300 s, the DefaultTolerationSeconds value).
     pub pod_eviction_timeout: Duration,
+    /// The pod garbage collector's period, quarantine and `--terminated-pod-gc-threshold`.
+    pub pod_gc: podgc::PodGcConfig,
     /// Controllers to run.
     pub controllers: BTreeSet<ControllerName>,
 }
@@ -173,6 +181,7 @@ impl Default for ClusterControllerOptions {
             node_monitor_period: Duration::from_secs(5),
             node_monitor_grace_period: Duration::from_secs(40),
             pod_eviction_timeout: Duration::from_secs(300),
+            pod_gc: podgc::PodGcConfig::default(),
             controllers: ControllerName::ALL.into_iter().collect(),
         }
     }
@@ -241,6 +250,12 @@ pub async fn run(
         start(
             ControllerName::NodeLifecycle,
             node_lifecycle::run(client.clone(), config).boxed(),
+        );
+    }
+    if enabled.contains(&ControllerName::PodGarbageCollector) {
+        start(
+            ControllerName::PodGarbageCollector,
+            podgc::run(client.clone(), options.pod_gc).boxed(),
         );
     }
     let approving = enabled.contains(&ControllerName::CsrApproving);

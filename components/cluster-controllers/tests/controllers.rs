@@ -652,3 +652,85 @@ async fn bootstrap_csr_is_approved_and_signed_by_the_cluster_ca() {
     let bad = admin_csrs.get("node-csr-bad").await.unwrap();
     assert!(bad.status.unwrap().certificate.is_none());
 }
+
+#[tokio::test]
+async fn pods_of_a_deleted_node_are_marked_failed_and_force_deleted() {
+    let c = cluster(
+        &[ControllerName::PodGarbageCollector],
+        |o| {
+            o.pod_gc.period = Duration::from_millis(200);
+            o.pod_gc.quarantine = Duration::from_secs(1);
+        },
+        async |_| {},
+    )
+    .await;
+    let nodes: Api<Node> = Api::all(c.admin.clone());
+    for n in ["stays", "goes"] {
+        nodes
+            .create(&PostParams::default(), &node(n, None))
+            .await
+            .unwrap();
+    }
+    let pods: Api<Pod> = Api::namespaced(c.admin.clone(), "default");
+    let pod = |name: &str, node: &str, finalizer: bool| -> Pod {
+        let mut p = json!({
+            "metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "demo"}]}
+        });
+        if finalizer {
+            // Keeps the object visible after the forced deletion so its status can be read.
+            p["metadata"]["finalizers"] = json!(["e2e.kinit.io/hold"]);
+        }
+        serde_json::from_value(p).unwrap()
+    };
+    for (name, node, finalizer) in [
+        ("kept", "stays", false),
+        ("held", "goes", true),
+        ("plain", "goes", false),
+    ] {
+        pods.create(&PostParams::default(), &pod(name, node, finalizer))
+            .await
+            .unwrap();
+        set_pod_status(&pods, name, "10.244.9.9", true).await;
+    }
+    nodes
+        .delete("goes", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    let held = eventually("the orphaned pod marked and deleting", || async {
+        let p = pods.get("held").await.unwrap();
+        p.metadata.deletion_timestamp.is_some().then_some(p)
+    })
+    .await;
+    let status = held.status.unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    let condition = status
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "DisruptionTarget")
+        .expect("a DisruptionTarget condition");
+    assert_eq!(condition.status, "True");
+    assert_eq!(condition.reason.as_deref(), Some("DeletionByPodGC"));
+    eventually("the plain orphan gone", || async {
+        pods.get_opt("plain").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    pods.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    eventually("the held orphan gone", || async {
+        pods.get_opt("held").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    // A pod whose node exists is never touched.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let kept = pods.get("kept").await.unwrap();
+    assert!(kept.metadata.deletion_timestamp.is_none());
+    assert_eq!(kept.status.unwrap().phase.as_deref(), Some("Running"));
+}

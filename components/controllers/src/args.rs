@@ -28,6 +28,7 @@ pub const CLUSTER_CONTROLLERS: &[&str] = &[
     "garbage-collector",
     "node-ipam",
     "node-lifecycle",
+    "pod-garbage-collector",
     "csrapproving",
     "csrsigning",
 ];
@@ -113,6 +114,9 @@ pub struct ClusterControllerFlags {
     /// toleration (node-lifecycle).
     #[arg(long, default_value = "5m0s", value_parser = parse_duration)]
     pub pod_eviction_timeout: Duration,
+    /// Finished pods kept before the pod garbage collector deletes the oldest; 0 keeps all.
+    #[arg(long, default_value_t = 12_500)]
+    pub terminated_pod_gc_threshold: usize,
     /// Concurrent garbage-collector syncs.
     #[arg(long, default_value_t = 20)]
     pub concurrent_gc_syncs: u16,

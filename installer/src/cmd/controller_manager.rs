@@ -35,6 +35,10 @@ fn cluster_options(
         node_monitor_period: flags.node_monitor_period,
         node_monitor_grace_period: flags.node_monitor_grace_period,
         pod_eviction_timeout: flags.pod_eviction_timeout,
+        pod_gc: kinit_cluster_controllers::podgc::PodGcConfig {
+            terminated_threshold: flags.terminated_pod_gc_threshold,
+            ..defaults.pod_gc
+        },
         controllers: ControllerName::select(controllers, true)
             .context("--controllers names an unknown controller")?,
     })
@@ -76,6 +80,7 @@ mod tests {
             "--node-cidr-mask-size=25",
             "--cluster-signing-cert-file=/p/ca.crt",
             "--controllers=*,-node-lifecycle",
+            "--terminated-pod-gc-threshold=100",
         ]);
         let options = cluster_options(&cli.args.cluster, &cli.args.controllers).unwrap();
         assert!(options.allocate_node_cidrs);
@@ -85,7 +90,10 @@ mod tests {
             options.cluster_signing_cert_file,
             std::path::Path::new("/p/ca.crt")
         );
-        assert!(!options.controllers.is_empty());
+        assert_eq!(options.pod_gc.terminated_threshold, 100);
+        assert!(options
+            .controllers
+            .contains(&ControllerName::PodGarbageCollector));
         let lifecycle = ControllerName::select(&["node-lifecycle".to_string()], false).unwrap();
         assert!(options.controllers.is_disjoint(&lifecycle));
     }

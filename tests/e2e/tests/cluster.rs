@@ -503,6 +503,22 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
         !kinit_leftovers(node3).await.is_empty(),
         "node3 has kinit before the reset"
     );
+    // A bare pod on node3 (no controller will replace it) and the demo replicas there: both
+    // must leave the API once node3's Node is gone (pod garbage collection).
+    kubectl.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bare-on-node3\nspec:\n  nodeName: node3\n  containers:\n  - name: app\n    image: {original}\n    imagePullPolicy: IfNotPresent\n"
+    ));
+    eventually("bare-on-node3 Running", Duration::from_secs(60), || {
+        let pod = kubectl.json(&["get", "pod", "bare-on-node3"]);
+        (pod["status"]["phase"] == "Running").then_some(())
+    })
+    .await;
+    let demo_on_node3: Vec<String> = kubectl
+        .demo_pods()
+        .into_iter()
+        .filter(|(_, p)| p["spec"]["nodeName"] == "node3")
+        .map(|(name, _)| name)
+        .collect();
     // `kinit reset --only node3 --yes`; its table output.
     let reset_node3 = || -> String {
         let out = Command::new(&kinit)
@@ -531,6 +547,33 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
     let missing = kubectl.output(&["get", "node", "node3"], None);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFound"));
+
+    println!("--- pods of the deleted node are garbage-collected and replaced elsewhere");
+    let started = Instant::now();
+    let pods_now = eventually(
+        "no pod left on node3 and 3 demo replicas elsewhere",
+        Duration::from_secs(150),
+        || {
+            let all = kubectl.json(&["get", "pods"]);
+            let on_node3 = all["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["spec"]["nodeName"] == "node3");
+            let demo = kubectl.demo_pods();
+            (!on_node3 && demo.len() == 3).then_some(demo)
+        },
+    )
+    .await;
+    println!(
+        "pods of the deleted Node collected and replaced after {:.0} s ({} demo replicas were on node3)",
+        started.elapsed().as_secs_f64(),
+        demo_on_node3.len()
+    );
+    for name in &demo_on_node3 {
+        assert!(!pods_now.contains_key(name), "{name} still listed");
+    }
+    assert!(pods_now.values().all(|p| p["spec"]["nodeName"] == "node2"));
 
     println!("--- kinit join: node3 comes back through a bootstrap token and TLS bootstrap");
     let join_line = Command::new(&kinit)
