@@ -386,6 +386,25 @@ pub fn node_state(node: &Node) -> NodeState {
     }
 }
 
+/// The pod range (first of `spec.podCIDRs`) of every Node that has one, by name.
+pub async fn node_pod_cidrs(
+    client: &kube::Client,
+) -> Result<BTreeMap<String, ipnet::IpNet>, BootstrapError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let list = nodes
+        .list(&ListParams::default())
+        .await
+        .map_err(api("cannot list Nodes"))?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|n| {
+            let cidr = n.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()?;
+            Some((n.metadata.name.clone()?, cidr))
+        })
+        .collect())
+}
+
 /// Waits until every node in `names` is Ready, for at most `timeout`; returns each node's
 /// last seen state.
 pub async fn wait_for_nodes(

@@ -84,12 +84,19 @@ fn host_ips(host: &Host) -> Vec<IpAddr> {
     ips
 }
 
-/// The pod CIDR of every host, in inventory order: the n-th `/nodeCIDRMaskSize` subnet of the
-/// cluster pod CIDR for the n-th host. The node IPAM controller allocates the same way, so a
-/// re-rendered file never moves a node to another range.
-pub fn node_pod_cidrs(inventory: &Inventory) -> anyhow::Result<BTreeMap<String, IpNet>> {
+/// The pod CIDR of every inventory host.
+///
+/// `in_use` holds the ranges nodes already have, by name (the API's Nodes and what earlier runs
+/// recorded). A host found there keeps its range, so removing or reordering hosts never moves a
+/// node; every other host gets the lowest free `/nodeCIDRMaskSize` subnet of the cluster pod
+/// CIDR, in inventory order. The node IPAM controller allocates the same way (lowest free), so
+/// on a fresh cluster the n-th host gets the n-th subnet.
+pub fn assign_pod_cidrs(
+    inventory: &Inventory,
+    in_use: &BTreeMap<String, IpNet>,
+) -> anyhow::Result<BTreeMap<String, IpNet>> {
     let cluster = &inventory.spec.cluster;
-    let mut subnets = cluster
+    let subnets = cluster
         .pod_cidr
         .subnets(cluster.node_cidr_mask_size)
         .with_context(|| {
@@ -98,16 +105,44 @@ pub fn node_pod_cidrs(inventory: &Inventory) -> anyhow::Result<BTreeMap<String, 
                 cluster.node_cidr_mask_size, cluster.pod_cidr
             )
         })?;
+    let fits =
+        |c: &IpNet| cluster.pod_cidr.contains(c) && c.prefix_len() == cluster.node_cidr_mask_size;
     let mut out = BTreeMap::new();
     for host in &inventory.spec.hosts {
-        let Some(subnet) = subnets.next() else {
+        if let Some(existing) = in_use.get(&host.name) {
+            if !fits(existing) {
+                bail!(
+                    "host {} already has pod range {existing}, which is not a /{} of spec.cluster.podCIDR {}; \
+                     the pod network of an installed cluster cannot change: restore podCIDR and \
+                     nodeCIDRMaskSize, or `kinit reset` the cluster first",
+                    host.name,
+                    cluster.node_cidr_mask_size,
+                    cluster.pod_cidr
+                );
+            }
+            out.insert(host.name.clone(), *existing);
+        }
+    }
+    let mut taken: std::collections::BTreeSet<IpNet> = in_use.values().copied().collect();
+    let mut free = subnets
+        .filter(|s| !taken.contains(s))
+        .collect::<Vec<_>>()
+        .into_iter();
+    for host in &inventory.spec.hosts {
+        if out.contains_key(&host.name) {
+            continue;
+        }
+        let Some(subnet) = free.next() else {
             bail!(
-                "podCIDR {} has too few /{} ranges for {} hosts; widen spec.cluster.podCIDR or raise nodeCIDRMaskSize",
+                "podCIDR {} has no free /{} range left for host {} ({} in use); widen \
+                 spec.cluster.podCIDR or raise nodeCIDRMaskSize",
                 cluster.pod_cidr,
                 cluster.node_cidr_mask_size,
-                inventory.spec.hosts.len()
+                host.name,
+                taken.len()
             );
         };
+        taken.insert(subnet);
         out.insert(host.name.clone(), subnet);
     }
     Ok(out)
@@ -133,14 +168,19 @@ pub struct ClusterDerived {
 }
 
 impl ClusterDerived {
-    /// Computes the derived settings; `ca_key_pem` is the cluster CA's private key.
-    pub fn new(inventory: &Inventory, ca_key_pem: &[u8]) -> anyhow::Result<Self> {
+    /// Computes the derived settings; `ca_key_pem` is the cluster CA's private key and
+    /// `in_use` the pod ranges nodes already have (see [`assign_pod_cidrs`]).
+    pub fn new(
+        inventory: &Inventory,
+        ca_key_pem: &[u8],
+        in_use: &BTreeMap<String, IpNet>,
+    ) -> anyhow::Result<Self> {
         let digest = Sha256::new()
             .chain_update(b"kinit-vrrp:")
             .chain_update(ca_key_pem)
             .finalize();
         Ok(ClusterDerived {
-            pod_cidrs: node_pod_cidrs(inventory)?,
+            pod_cidrs: assign_pod_cidrs(inventory, in_use)?,
             vrrp_password: hex::encode(&digest[..4]),
         })
     }
@@ -326,7 +366,7 @@ mod tests {
     #[test]
     fn pod_cidrs_are_distinct_and_inside_the_cluster_range() {
         let inv = inventory("ha.yaml");
-        let cidrs = node_pod_cidrs(&inv).unwrap();
+        let cidrs = assign_pod_cidrs(&inv, &BTreeMap::new()).unwrap();
         assert_eq!(cidrs.len(), inv.spec.hosts.len());
         let unique: std::collections::BTreeSet<_> = cidrs.values().collect();
         assert_eq!(unique.len(), cidrs.len());
@@ -334,12 +374,65 @@ mod tests {
             assert!(inv.spec.cluster.pod_cidr.contains(c));
             assert_eq!(c.prefix_len(), inv.spec.cluster.node_cidr_mask_size);
         }
+        // A fresh cluster: the n-th host has the n-th subnet, like the IPAM controller.
+        let first = inv
+            .spec
+            .cluster
+            .pod_cidr
+            .subnets(inv.spec.cluster.node_cidr_mask_size);
+        for (host, subnet) in inv.spec.hosts.iter().zip(first.unwrap()) {
+            assert_eq!(cidrs[&host.name], subnet);
+        }
+    }
+
+    #[test]
+    fn removed_or_reordered_hosts_never_move_a_node_and_joined_nodes_are_avoided() {
+        let mut inv = inventory("ha.yaml");
+        let before = assign_pod_cidrs(&inv, &BTreeMap::new()).unwrap();
+        // A node joined with `kinit join` took the next free range from the IPAM controller.
+        let mut in_use = before.clone();
+        let joined: IpNet = inv
+            .spec
+            .cluster
+            .pod_cidr
+            .subnets(inv.spec.cluster.node_cidr_mask_size)
+            .unwrap()
+            .nth(inv.spec.hosts.len())
+            .unwrap();
+        in_use.insert("joined".into(), joined);
+        // The second host leaves, the last moves to the front, a new one comes.
+        let gone = inv.spec.hosts.remove(1);
+        let last = inv.spec.hosts.pop().unwrap();
+        inv.spec.hosts.insert(0, last);
+        let mut new_host = inv.spec.hosts.last().unwrap().clone();
+        new_host.name = "newcomer".into();
+        inv.spec.hosts.push(new_host);
+        in_use.remove(&gone.name);
+
+        let after = assign_pod_cidrs(&inv, &in_use).unwrap();
+        for host in inv.spec.hosts.iter().filter(|h| h.name != "newcomer") {
+            assert_eq!(after[&host.name], before[&host.name], "{} moved", host.name);
+        }
+        // The newcomer reuses the range the removed host freed, not the joined node's.
+        assert_eq!(after["newcomer"], before[&gone.name]);
+        assert_ne!(after["newcomer"], joined);
+    }
+
+    #[test]
+    fn a_changed_pod_cidr_on_an_installed_cluster_is_refused() {
+        let inv = inventory("single-node.yaml");
+        let host = inv.spec.hosts[0].name.clone();
+        let elsewhere: BTreeMap<String, IpNet> =
+            BTreeMap::from([(host.clone(), "10.99.0.0/24".parse().unwrap())]);
+        let err = assign_pod_cidrs(&inv, &elsewhere).unwrap_err().to_string();
+        assert!(err.contains(&host) && err.contains("10.99.0.0/24"), "{err}");
+        assert!(err.contains("cannot change"), "{err}");
     }
 
     #[test]
     fn control_planes_get_role_label_taint_and_one_vrrp_master() {
         let inv = inventory("ha.yaml");
-        let derived = ClusterDerived::new(&inv, b"test-ca-key").unwrap();
+        let derived = ClusterDerived::new(&inv, b"test-ca-key", &BTreeMap::new()).unwrap();
         let mut masters = 0;
         for host in &inv.spec.hosts {
             let ctx = render_context(&inv, host, &derived).unwrap();
@@ -364,7 +457,7 @@ mod tests {
     #[test]
     fn single_node_uses_the_embedded_store() {
         let inv = inventory("single-node.yaml");
-        let derived = ClusterDerived::new(&inv, b"k").unwrap();
+        let derived = ClusterDerived::new(&inv, b"k", &BTreeMap::new()).unwrap();
         let ctx = render_context(&inv, &inv.spec.hosts[0], &derived).unwrap();
         assert!(ctx.cluster.etcd.is_none());
         assert!(ctx.etcd_member.is_none());
@@ -373,7 +466,7 @@ mod tests {
 
     /// The API server command each rendered static pod runs, as `kinit apiserver` parses it.
     fn apiserver_command(inv: &Inventory, host: &Host) -> Vec<String> {
-        let derived = ClusterDerived::new(inv, b"k").unwrap();
+        let derived = ClusterDerived::new(inv, b"k", &BTreeMap::new()).unwrap();
         let ctx = render_context(inv, host, &derived).unwrap();
         let manifest = kinit_templates::render_all(&ctx)
             .unwrap()

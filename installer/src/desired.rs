@@ -4,10 +4,13 @@
 //! `kinit config render` writes them into a directory for review; the installer's phases
 //! compare them with what a host has and upload only the difference.
 
+use std::collections::BTreeMap;
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use ipnet::IpNet;
 use kinit_inventory::{Datastore, Host, Inventory, Role};
 use kinit_pki::{generate, write_node_kubeconfig, CaKind, GenerateReport, PkiSpec};
 
@@ -73,6 +76,40 @@ const ETCD_MEMBER_FILES: &[&str] = &[
     "pki/etcd/healthcheck-client.key",
 ];
 
+/// File in the cluster state directory recording each node's pod range (host name → CIDR), so
+/// ranges stay put across runs even while the API cannot be read.
+pub const POD_CIDR_RECORD: &str = "pod-cidrs.yaml";
+
+fn read_pod_cidr_record(path: &Path) -> anyhow::Result<BTreeMap<String, IpNet>> {
+    match fs::read_to_string(path) {
+        Ok(text) => serde_yaml::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a map of host name to pod CIDR; fix or delete it (kinit rebuilds it \
+                 from the API's Nodes)",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn write_pod_cidr_record(path: &Path, record: &BTreeMap<String, IpNet>) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let text = format!(
+        "# Pod range of every node, kept by kinit so that ranges never move between runs.\n{}",
+        serde_yaml::to_string(record).context("cannot encode the pod range record")?
+    );
+    let write = || -> std::io::Result<()> {
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        tmp.write_all(text.as_bytes())?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// The cluster state directory on the admin box: `pki/`, the kubeconfigs, and one agent
 /// kubeconfig per node under `nodes/<name>/`. Later commands sign and renew from it.
 pub struct ClusterState {
@@ -82,15 +119,38 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    /// Generates (or reuses) the cluster PKI in `dir` for `inventory`.
-    pub fn prepare(inventory: &Inventory, dir: &Path) -> anyhow::Result<(Self, GenerateReport)> {
+    /// Generates (or reuses) the cluster PKI in `dir` for `inventory` and settles each host's
+    /// pod range. `registered` holds the pod ranges of the Nodes in the API, when it could be
+    /// read: they win over the record of earlier runs ([`POD_CIDR_RECORD`]), which is
+    /// rewritten with what this run decided.
+    pub fn prepare(
+        inventory: &Inventory,
+        dir: &Path,
+        registered: Option<&BTreeMap<String, IpNet>>,
+    ) -> anyhow::Result<(Self, GenerateReport)> {
         let pki_dir = dir.join("pki");
         let spec = cluster::pki_spec(inventory, &pki_dir, Some(dir.to_path_buf()))?;
         let report = generate(&spec)
             .with_context(|| format!("cannot generate the cluster PKI in {}", pki_dir.display()))?;
         let ca_key = fs::read(CaKind::Kubernetes.key_path(&pki_dir))
             .with_context(|| format!("cannot read the cluster CA key in {}", pki_dir.display()))?;
-        let derived = ClusterDerived::new(inventory, &ca_key)?;
+        let record_path = dir.join(POD_CIDR_RECORD);
+        let recorded = read_pod_cidr_record(&record_path)?;
+        let mut in_use = recorded.clone();
+        if let Some(registered) = registered {
+            // A recorded host that left the inventory and has no Node any more freed its range.
+            in_use.retain(|name, _| {
+                registered.contains_key(name)
+                    || inventory.spec.hosts.iter().any(|h| &h.name == name)
+            });
+            in_use.extend(registered.iter().map(|(n, c)| (n.clone(), *c)));
+        }
+        let derived = ClusterDerived::new(inventory, &ca_key, &in_use)?;
+        let mut record = in_use;
+        record.extend(derived.pod_cidrs.iter().map(|(n, c)| (n.clone(), *c)));
+        if record != recorded {
+            write_pod_cidr_record(&record_path, &record)?;
+        }
         Ok((
             ClusterState {
                 dir: dir.to_path_buf(),
@@ -99,6 +159,11 @@ impl ClusterState {
             },
             report,
         ))
+    }
+
+    /// The pod range settled for `host`.
+    pub fn pod_cidr(&self, host: &str) -> Option<IpNet> {
+        self.derived.pod_cidrs.get(host).copied()
     }
 
     /// Every file `host` should have: rendered templates, its share of the PKI and its agent
@@ -301,10 +366,59 @@ mod tests {
     }
 
     #[test]
+    fn pod_ranges_are_recorded_and_survive_removal_reordering_and_joined_nodes() {
+        let inv = inventory("ha.yaml");
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = ClusterState::prepare(&inv, dir.path(), None).unwrap();
+        let before: BTreeMap<String, IpNet> = inv
+            .spec
+            .hosts
+            .iter()
+            .map(|h| (h.name.clone(), first.pod_cidr(&h.name).unwrap()))
+            .collect();
+        let record_path = dir.path().join(POD_CIDR_RECORD);
+        assert_eq!(read_pod_cidr_record(&record_path).unwrap(), before);
+
+        // The API cannot be read; a host is removed and the rest reversed: nobody moves.
+        let mut smaller = inv.clone();
+        let removed = smaller.spec.hosts.remove(1);
+        smaller.spec.hosts.reverse();
+        let (state, _) = ClusterState::prepare(&smaller, dir.path(), None).unwrap();
+        for h in &smaller.spec.hosts {
+            assert_eq!(state.pod_cidr(&h.name), Some(before[&h.name]));
+        }
+        // Unknown to the API, the removed host's range stays reserved.
+        assert!(read_pod_cidr_record(&record_path)
+            .unwrap()
+            .contains_key(&removed.name));
+
+        // The API answers: the removed host has no Node any more, a node joined with
+        // `kinit join` holds the range the removed host had. A newcomer gets neither.
+        let mut registered: BTreeMap<String, IpNet> = smaller
+            .spec
+            .hosts
+            .iter()
+            .map(|h| (h.name.clone(), before[&h.name]))
+            .collect();
+        registered.insert("joined".into(), before[&removed.name]);
+        let mut grown = smaller.clone();
+        let mut newcomer = grown.spec.hosts[0].clone();
+        newcomer.name = "newcomer".into();
+        grown.spec.hosts.push(newcomer);
+        let (state, _) = ClusterState::prepare(&grown, dir.path(), Some(&registered)).unwrap();
+        let new_range = state.pod_cidr("newcomer").unwrap();
+        assert!(!before.values().any(|c| *c == new_range), "{new_range}");
+        let record = read_pod_cidr_record(&record_path).unwrap();
+        assert!(!record.contains_key(&removed.name));
+        assert_eq!(record["joined"], before[&removed.name]);
+        assert_eq!(record["newcomer"], new_range);
+    }
+
+    #[test]
     fn roles_decide_which_files_a_host_gets_and_reruns_are_identical() {
         let inv = inventory("ha.yaml");
         let dir = tempfile::tempdir().unwrap();
-        let (state, _) = ClusterState::prepare(&inv, dir.path()).unwrap();
+        let (state, _) = ClusterState::prepare(&inv, dir.path(), None).unwrap();
         let cp = &inv.spec.hosts[0];
         let files = state.host_files(&inv, cp).unwrap();
         let names = paths(&files);
@@ -353,7 +467,7 @@ mod tests {
 
         // A second run against the same state dir wants exactly the same bytes: applying twice
         // changes nothing on the hosts (certificates included).
-        let (again, report) = ClusterState::prepare(&inv, dir.path()).unwrap();
+        let (again, report) = ClusterState::prepare(&inv, dir.path(), None).unwrap();
         assert!(report
             .files
             .iter()
@@ -365,7 +479,7 @@ mod tests {
     fn workers_get_no_cluster_secrets() {
         let inv = inventory("three-node.yaml");
         let dir = tempfile::tempdir().unwrap();
-        let (state, _) = ClusterState::prepare(&inv, dir.path()).unwrap();
+        let (state, _) = ClusterState::prepare(&inv, dir.path(), None).unwrap();
         let worker = inv.workers()[0];
         let names = paths(&state.host_files(&inv, worker).unwrap());
         assert!(names.contains(&"/etc/kubernetes/pki/ca.crt".to_string()));

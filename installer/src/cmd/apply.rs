@@ -5,6 +5,7 @@
 //! lacks); then, through the API, wait for `/readyz`, publish `cluster-info` and wait for the
 //! nodes to be Ready. A re-run on a finished cluster runs no phase and writes nothing.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
+use ipnet::IpNet;
 use kinit::bootstrap::{self, NodeState};
 use kinit::client;
 use kinit::converge::{converge, run_id, ConvergeOptions, HostOutcome};
@@ -286,6 +288,34 @@ fn summarize(outcome: &HostOutcome, entry: &kinit_inventory::Host, dry_run: bool
 }
 
 /// Converges `selected` (hosts of `inventory`) and bootstraps the cluster through its API.
+/// The pod ranges of the cluster's Nodes, when a cluster exists (its admin.conf is in the state
+/// dir) and its API answers within a few seconds; `None` otherwise, with a warning when the
+/// cluster exists, since then only the ranges recorded by earlier runs are known.
+async fn registered_pod_cidrs(admin_kubeconfig: &Path) -> Option<BTreeMap<String, IpNet>> {
+    if !admin_kubeconfig.is_file() {
+        return None;
+    }
+    let read = async {
+        let client = client::from_kubeconfig(admin_kubeconfig).await?;
+        Ok::<_, anyhow::Error>(bootstrap::node_pod_cidrs(&client).await?)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), read).await {
+        Ok(Ok(cidrs)) => Some(cidrs),
+        Ok(Err(e)) => {
+            eprintln!(
+                "warning: cannot read the Nodes' pod ranges ({e:#}); new hosts avoid only the ranges kinit recorded, not those of nodes joined with `kinit join`"
+            );
+            None
+        }
+        Err(_) => {
+            eprintln!(
+                "warning: the API server did not answer within 5 s; new hosts avoid only the pod ranges kinit recorded, not those of nodes joined with `kinit join`"
+            );
+            None
+        }
+    }
+}
+
 pub(crate) async fn apply(
     args: &ApplySettings,
     concurrency: usize,
@@ -311,7 +341,8 @@ pub(crate) async fn apply(
     } else {
         real_state_dir.clone()
     };
-    let (state, pki) = ClusterState::prepare(inventory, &state_dir)?;
+    let registered = registered_pod_cidrs(&real_state_dir.join("admin.conf")).await;
+    let (state, pki) = ClusterState::prepare(inventory, &state_dir, registered.as_ref())?;
     let pki_generated = pki
         .files
         .iter()

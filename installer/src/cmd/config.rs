@@ -131,7 +131,7 @@ fn summary_table(summary: &RenderSummary) -> String {
 /// Renders the whole cluster into `dir`: the cluster state (PKI, agent kubeconfigs) once under
 /// `dir/cluster/`, then each host's files under `dir/<host>/<absolute path>`.
 pub fn render_cluster(inventory: &Inventory, dir: &Path) -> anyhow::Result<RenderSummary> {
-    let (state, report) = ClusterState::prepare(inventory, &dir.join("cluster"))?;
+    let (state, report) = ClusterState::prepare(inventory, &dir.join("cluster"), None)?;
     let mut files: Vec<RenderedHostFile> = report
         .files
         .iter()

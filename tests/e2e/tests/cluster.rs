@@ -308,6 +308,16 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
             .unwrap();
         assert_eq!(ready["status"], "True", "{node}");
     }
+    // Each Node carries the pod range kinit recorded for its host.
+    let record: BTreeMap<String, String> = serde_yaml::from_str(
+        &std::fs::read_to_string(apply.state_dir.join("pod-cidrs.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record.len(), 3, "{record:?}");
+    for node in nodes {
+        let name = node["metadata"]["name"].as_str().unwrap();
+        assert_eq!(node["spec"]["podCIDR"], record[name].as_str(), "{name}");
+    }
     let table = kubectl.ok(&["get", "nodes"]);
     println!("{table}");
     assert!(table
