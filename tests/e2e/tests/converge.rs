@@ -26,7 +26,7 @@ async fn phases_install_files_containerd_and_images_then_converge() {
 
     let inventory = Inventory::from_path(&state.inventory).expect("the lab inventory validates");
     let cluster_dir = tempfile::tempdir().unwrap();
-    let (cluster, _) = ClusterState::prepare(&inventory, cluster_dir.path()).unwrap();
+    let (cluster, _) = ClusterState::prepare(&inventory, cluster_dir.path(), None).unwrap();
     let node = &inventory.spec.hosts[0];
     let files = cluster.host_files(&inventory, node).unwrap();
     let target = HostTarget {
