@@ -288,6 +288,22 @@ pub async fn plan<H: Host>(host: &H, target: &HostTarget) -> Result<HostPlan, Ph
     })
 }
 
+/// Shell lines for the end of the Images phase: when the images were rebuilt from another
+/// binary (`$previous` holds the digest they came from), the containers still running the
+/// previous control-plane image are stopped, and the agent starts them again from the new one
+/// (the tag stays, the image behind it changed). Sandboxes keep running: the pause process does
+/// nothing a new build would change.
+fn restart_upgraded_containers(new_digest: &str, control_plane_image: &str) -> String {
+    format!(
+        r#"if [ -n "$previous" ] && [ "$previous" != {new_digest} ]; then
+  ctr -n k8s.io containers ls 2>/dev/null | awk -v image={control_plane_image} '$2 == image {{print $1}}' | while read -r id; do
+    ctr -n k8s.io tasks kill --signal SIGTERM "$id" >/dev/null 2>&1 || true
+  done
+fi
+"#
+    )
+}
+
 /// Runs one planned phase.
 pub async fn run_phase<H: Host>(
     host: &H,
@@ -339,7 +355,7 @@ pub async fn run_phase<H: Host>(
         PhaseName::Images => {
             let tag = KinitImage::default_tag();
             let mut script = format!(
-                "set -e\nmkdir -p -m 0700 {IMAGES_DIR}\n{BINARY_PATH} images build --out {IMAGES_DIR} --compression none >/dev/null\n"
+                "set -e\nmkdir -p -m 0700 {IMAGES_DIR}\nprevious=$(cat {IMAGES_DIR}/binary.sha256 2>/dev/null || true)\n{BINARY_PATH} images build --out {IMAGES_DIR} --compression none >/dev/null\n"
             );
             for image in KinitImage::ALL {
                 script.push_str(&format!(
@@ -351,6 +367,10 @@ pub async fn run_phase<H: Host>(
             script.push_str(&format!(
                 "echo {} > {IMAGES_DIR}/binary.sha256\n",
                 target.binary.sha256
+            ));
+            script.push_str(&restart_upgraded_containers(
+                &target.binary.sha256,
+                &KinitImage::ControlPlane.reference(&tag),
             ));
             let quoted = shell_quote(&script).expect("the script holds no NUL byte");
             host.run_checked(&locked(&format!("sh -c {quoted}")))

@@ -11,11 +11,11 @@
 //!   deletes its Node; an apply killed midway and run again brings it back.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kinit_e2e::{e2e_enabled, kinit_bin, kubectl_binary, test_config, LabGuard};
+use kinit_e2e::{e2e_enabled, kinit_bin, kubectl_binary, stripped, test_config, LabGuard};
 use kinit_executor::{Host, SshHost};
 use serde_json::Value;
 
@@ -177,21 +177,6 @@ impl Apply {
             String::from_utf8_lossy(&out.stderr)
         );
         (serde_json::from_str(&stdout).unwrap(), took)
-    }
-}
-
-/// A copy of the binary without debug info: the same program, a quarter of the bytes to upload
-/// and build images from.
-fn stripped(kinit: &Path, dir: &Path) -> PathBuf {
-    let out = dir.join("kinit");
-    let status = Command::new("strip")
-        .arg("-o")
-        .arg(&out)
-        .arg(kinit)
-        .status();
-    match status {
-        Ok(s) if s.success() => out,
-        _ => kinit.to_path_buf(),
     }
 }
 

@@ -9,7 +9,7 @@ use kinit::converge::{converge, run_id, ConvergeOptions};
 use kinit::desired::ClusterState;
 use kinit::phases::{Binary, HostTarget, PhaseName};
 use kinit::reset::reset;
-use kinit_e2e::{e2e_enabled, kinit_bin, test_config, LabGuard};
+use kinit_e2e::{e2e_enabled, kinit_bin, stripped, test_config, LabGuard};
 use kinit_executor::{Host, SshHost};
 use kinit_inventory::Inventory;
 
@@ -266,11 +266,12 @@ async fn phases_install_files_containerd_and_images_then_converge() {
     let key = state.ssh_key.to_str().unwrap().to_string();
     let init_state = tempfile::tempdir().unwrap();
     let init_state_arg = init_state.path().to_str().unwrap().to_string();
-    // `kinit init --host` on the lab host; the report as JSON.
-    let init_cli = || -> serde_json::Value {
+    // `kinit init --host` on the lab host (plus `extra` flags); the report as JSON.
+    let init_cli = |extra: &[&str]| -> serde_json::Value {
         let out = std::process::Command::new(&kinit)
+            .arg("init")
+            .args(extra)
             .args([
-                "init",
                 "--host",
                 &address,
                 "--ssh-key",
@@ -296,7 +297,7 @@ async fn phases_install_files_containerd_and_images_then_converge() {
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let started = Instant::now();
-    let report = init_cli();
+    let report = init_cli(&[]);
     println!("init --host took {:.1} s", started.elapsed().as_secs_f64());
     assert_eq!(report["hosts"][0]["node"], "ready", "{report:#}");
     let join = report["join_command"].as_str().unwrap();
@@ -305,9 +306,54 @@ async fn phases_install_files_containerd_and_images_then_converge() {
         "{join}"
     );
     // Run again: nothing changes and the same join command comes back.
-    let rerun = init_cli();
+    let rerun = init_cli(&[]);
     assert_eq!(rerun["changed"], false, "{rerun:#}");
     assert_eq!(rerun["join_command"], report["join_command"]);
+
+    println!("--- a re-run with another kinit build moves the control plane onto it");
+    // Another build: the same program with other bytes (so another digest and image).
+    let next = stripped(&kinit, init_state.path());
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&next)
+            .unwrap();
+        f.write_all(b"\0another kinit build").unwrap();
+    }
+    let next_digest = Binary::load(&next).unwrap().sha256;
+    let started = Instant::now();
+    let upgraded = init_cli(&["--binary", next.to_str().unwrap()]);
+    let phases = upgraded["hosts"][0]["phases"].to_string();
+    assert!(
+        phases.contains("install kinit binary") && phases.contains("import images"),
+        "{upgraded:#}"
+    );
+    assert_eq!(upgraded["hosts"][0]["node"], "ready", "{upgraded:#}");
+    // Every control-plane process runs the new build (read from /proc/PID/exe).
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = host
+            .run_checked(
+                "for p in $(pgrep -f '^kinit (apiserver|controller-manager|scheduler) '); do sha256sum /proc/$p/exe; done",
+            )
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let digests: Vec<&str> = text.split_whitespace().step_by(2).collect();
+        if digests.len() == 3 && digests.iter().all(|d| *d == next_digest) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "control plane not on the new build {next_digest}:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    println!(
+        "init --host with a new build: control plane on it after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let admin = init_state.path().join("admin.conf");
     let out = std::process::Command::new(&kinit)
         .args([
