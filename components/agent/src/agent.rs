@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::task::JoinHandle;
 
@@ -77,18 +76,7 @@ pub async fn client_from_kubeconfig(
     let ca_pem = config.root_cert.as_ref().map(|certs| {
         certs
             .iter()
-            .map(|der| {
-                let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-                let body: Vec<String> = b64
-                    .as_bytes()
-                    .chunks(64)
-                    .map(|c| String::from_utf8_lossy(c).into_owned())
-                    .collect();
-                format!(
-                    "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-                    body.join("\n")
-                )
-            })
+            .map(|der| kinit_pki::der_to_pem(der))
             .collect::<String>()
     });
     let client = kube::Client::try_from(config).map_err(|e| err(e.to_string()))?;
