@@ -724,6 +724,7 @@ async fn store_new(ctx: &Ctx<'_>, mut obj: Value, managed: Vec<Value>) -> Result
     if def.group.is_empty() && def.kind == "Node" {
         admit_node_node(ctx, &obj, None).await?;
     }
+    crate::escalation::admit(ctx, &obj, None).await?;
     if def.group == "certificates.k8s.io" && def.kind == "CertificateSigningRequest" {
         // Like Kubernetes' CSR strategy: the requester's identity comes from authentication,
         // never from the body, so approvers can trust spec.username/groups.
@@ -1037,6 +1038,7 @@ async fn store_update(
     if def.group.is_empty() && def.kind == "Node" {
         admit_node_node(ctx, &new, Some(old)).await?;
     }
+    crate::escalation::admit(ctx, &new, Some(old)).await?;
     if strip_volatile(&new) == strip_volatile(old) {
         return Ok(old.clone());
     }

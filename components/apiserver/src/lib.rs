@@ -15,6 +15,7 @@ pub mod args;
 pub mod bootstrap;
 pub mod discovery;
 pub mod error;
+pub mod escalation;
 pub mod handlers;
 pub mod objects;
 pub mod patch;

@@ -13,13 +13,15 @@
 //! Authorization ([`Authorizer`]) chains the [`NodeAuthorizer`] (kubelets may touch only what
 //! their pods need) and the [`RbacAuthorizer`] (Kubernetes RBAC, with aggregation). The default
 //! RBAC objects a fresh cluster needs come from [`default_policy`]. [`NodeAuthorizer::admit`] is
-//! the write-side companion (Kubernetes' NodeRestriction admission) for checks that need the body.
+//! the write-side companion (Kubernetes' NodeRestriction admission) for checks that need the body;
+//! [`uncovered`] is the coverage test behind RBAC's privilege-escalation prevention.
 
 mod attributes;
 mod authenticator;
 mod authorizer;
 mod bootstrap;
 mod error;
+mod escalation;
 mod keys;
 mod lookup;
 mod node;
@@ -42,6 +44,7 @@ pub use bootstrap::{
     BOOTSTRAP_TOKEN_NAMESPACE, BOOTSTRAP_TOKEN_SECRET_PREFIX, BOOTSTRAP_TOKEN_SECRET_TYPE,
 };
 pub use error::AuthError;
+pub use escalation::{describe_rule, full_authority, uncovered};
 pub use lookup::ObjectLookup;
 pub use node::{
     NodeAuthorizer, NodeWrite, MIRROR_POD_ANNOTATION, NODE_LEASE_NAMESPACE,

@@ -379,12 +379,21 @@ impl RbacAuthorizer {
         Decision::deny(reason)
     }
 
-    /// For SelfSubjectRulesReview / `kubectl auth can-i --list`.
-    pub fn rules_for(
+    /// The rules a binding's roleRef grants in `binding_namespace` (empty for a
+    /// ClusterRoleBinding); an error names a missing role or a bad reference.
+    pub fn role_ref_rules(
         &self,
-        user: &UserInfo,
-        namespace: &str,
-    ) -> (Vec<ResourceRule>, Vec<NonResourceRule>) {
+        binding_namespace: &str,
+        role_ref: &RoleRef,
+    ) -> Result<Vec<PolicyRule>, String> {
+        let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
+        index
+            .role_ref_rules(binding_namespace, role_ref)
+            .map(|r| r.as_ref().clone())
+    }
+
+    /// Every rule granted to `user` cluster-wide, plus in `namespace` when not empty.
+    pub fn policy_rules_for(&self, user: &UserInfo, namespace: &str) -> Vec<PolicyRule> {
         let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
         let mut collected: Vec<PolicyRule> = Vec::new();
         for binding in index.cluster_role_bindings.values() {
@@ -411,9 +420,18 @@ impl RbacAuthorizer {
                 }
             }
         }
+        collected
+    }
+
+    /// For SelfSubjectRulesReview / `kubectl auth can-i --list`.
+    pub fn rules_for(
+        &self,
+        user: &UserInfo,
+        namespace: &str,
+    ) -> (Vec<ResourceRule>, Vec<NonResourceRule>) {
         let mut resource_rules = Vec::new();
         let mut non_resource_rules = Vec::new();
-        for rule in collected {
+        for rule in self.policy_rules_for(user, namespace) {
             if rule.resources.as_ref().is_some_and(|r| !r.is_empty()) {
                 resource_rules.push(ResourceRule {
                     verbs: rule.verbs.clone(),
