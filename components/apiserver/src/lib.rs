@@ -17,6 +17,7 @@ pub mod discovery;
 pub mod error;
 pub mod escalation;
 pub mod handlers;
+pub mod impersonation;
 pub mod objects;
 pub mod patch;
 pub mod protobuf;

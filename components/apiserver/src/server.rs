@@ -370,6 +370,7 @@ async fn handle(state: Arc<State>, request: Request) -> Result<Response, ApiErro
             authorization.as_deref(),
         )
         .await?;
+    let user = crate::impersonation::effective_user(&state.access, user, request.headers()).await?;
     let path = request.uri().path().to_string();
     let query = Query::parse(request.uri().query())?;
     match request::parse_path(&path)? {

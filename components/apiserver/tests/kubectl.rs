@@ -725,4 +725,41 @@ fn script(c: &Cluster) {
     assert!(err.contains("Error from server (Forbidden): secrets is forbidden: User \"alice\" cannot list resource \"secrets\" in API group \"\" in the namespace \"default\""), "{err}");
     let who = c.ok_as(&alice_conf, &["auth", "whoami"]);
     assert!(who.contains("alice") && who.contains("dev"), "{who}");
+
+    // Impersonation: the admin acts as alice (`--as`), with her permissions, not its own.
+    assert_eq!(
+        c.ok(&["auth", "can-i", "list", "pods", "--as", "alice"])
+            .trim(),
+        "yes"
+    );
+    let out = c.run_as(
+        &c.admin_conf(),
+        &["auth", "can-i", "list", "secrets", "--as", "alice"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
+    let out = c.run_as(&c.admin_conf(), &["get", "secrets", "--as", "alice"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("User \"alice\" cannot list resource \"secrets\""),
+        "{err}"
+    );
+    let who = c.ok(&["auth", "whoami", "--as", "alice", "--as-group", "qa"]);
+    assert!(
+        who.contains("alice") && who.contains("qa") && who.contains("system:authenticated"),
+        "{who}"
+    );
+    let who = c.ok(&[
+        "auth",
+        "whoami",
+        "--as",
+        "system:serviceaccount:default:default",
+    ]);
+    assert!(who.contains("system:serviceaccounts:default"), "{who}");
+    // alice may not impersonate anyone.
+    let out = c.run_as(&alice_conf, &["get", "pods", "--as", "kubernetes-admin"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("users \"kubernetes-admin\" is forbidden: User \"alice\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"),
+        "{err}"
+    );
 }
