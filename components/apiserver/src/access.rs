@@ -1,23 +1,22 @@
 //! Authentication and authorization of requests through `kinit-auth`, the store-backed
 //! [`ObjectLookup`], and the task keeping the RBAC authorizer in sync with the store.
 
-use std::collections::HashSet;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kinit_auth::{
     Attributes, AuthError, Authenticator, Authorizer, Decision, NodeAuthorizer, ObjectLookup,
     RbacAuthorizer, RbacKind, RbacObject, UserInfo, GROUP_UNAUTHENTICATED, USER_ANONYMOUS,
 };
-use kinit_store::{Store, WatchEvent};
+use kinit_store::Store;
 use serde_json::Value;
 
 use crate::error::{qualified, ApiError};
-use crate::objects::{decode, Objects};
+use crate::objects::Objects;
 use crate::registry;
+use crate::sync::{self, StoreView};
 
 /// Which authorizers run, in order (`--authorization-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,14 +49,29 @@ impl std::str::FromStr for AuthorizationMode {
 /// Reads the objects kinit-auth needs from the store.
 pub struct StoreLookup {
     objects: Objects,
+    /// Pods by node; without it the pods of a node are found by scanning every pod.
+    pods: Option<Arc<PodsByNode>>,
 }
 
 impl StoreLookup {
-    /// Lookup over `store`.
+    /// Lookup over `store` that scans every pod to find a node's pods (no background task).
     pub fn new(store: Arc<dyn Store>) -> Self {
         StoreLookup {
             objects: Objects { store },
+            pods: None,
         }
+    }
+
+    /// Lookup over `store` with an index of pods by node, filled now and kept in sync from a
+    /// store watch in the background (what the API server uses).
+    pub async fn indexed(store: Arc<dyn Store>) -> Result<Self, ApiError> {
+        let pods = Arc::new(PodsByNode::default());
+        let def = registry::find("", "v1", "pods").expect("pods are served");
+        sync::start(store.clone(), vec![def], pods.clone(), "pods-by-node index").await?;
+        Ok(StoreLookup {
+            objects: Objects { store },
+            pods: Some(pods),
+        })
     }
 
     async fn typed<T: serde::de::DeserializeOwned>(
@@ -102,9 +116,20 @@ impl ObjectLookup for StoreLookup {
     }
 
     async fn pods_on_node(&self, node: &str) -> Result<Vec<Pod>, AuthError> {
+        let bound = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
+        if let Some(index) = &self.pods {
+            let mut pods = Vec::new();
+            for (namespace, name) in index.pods_on(node) {
+                // Read each pod: the index may trail the store by a moment.
+                if let Some(pod) = self.pod(&namespace, &name).await? {
+                    if bound(&pod) {
+                        pods.push(pod);
+                    }
+                }
+            }
+            return Ok(pods);
+        }
         let def = registry::find("", "v1", "pods").expect("pods are served");
-        // A full scan: fine for the pod counts one control plane serves; an index by node
-        // would come with a watch cache.
         let (items, _) = self
             .objects
             .list_all(def, None)
@@ -310,43 +335,60 @@ fn ns_name(v: &Value) -> (String, String) {
     (s("namespace"), s("name"))
 }
 
-/// Loads every RBAC object into `rbac` once; returns the revision to watch from and the keys seen.
-async fn load_rbac(
-    store: &Arc<dyn Store>,
-    rbac: &RbacAuthorizer,
-    known: &mut HashSet<(usize, String, String)>,
-) -> Result<i64, ApiError> {
-    let objects = Objects {
-        store: store.clone(),
-    };
-    let mut revision = 0;
-    let mut seen = HashSet::new();
-    for (idx, (resource, kind)) in RBAC_RESOURCES.iter().enumerate() {
-        let def = registry::find("rbac.authorization.k8s.io", "v1", resource).expect("rbac served");
-        let (items, rev) = objects.list_all(def, None).await?;
-        revision = if revision == 0 {
-            rev
-        } else {
-            revision.min(rev)
-        };
-        for item in items {
-            let (ns, name) = ns_name(&item);
-            match rbac_object(*kind, item) {
-                Ok(obj) => {
-                    rbac.upsert(obj);
-                    seen.insert((idx, ns, name));
-                }
-                Err(e) => {
-                    tracing::warn!("ignoring malformed {resource} {ns}/{name} in the store: {e}")
-                }
+/// The RBAC authorizer as a store view; `known` remembers what it holds, so a re-list can
+/// drop what was deleted while no watch was running.
+struct RbacView {
+    rbac: Arc<RbacAuthorizer>,
+    known: Mutex<HashSet<(usize, String, String)>>,
+}
+
+impl RbacView {
+    fn upsert(&self, index: usize, object: Value) -> Option<(usize, String, String)> {
+        let (kind, resource) = (RBAC_RESOURCES[index].1, RBAC_RESOURCES[index].0);
+        let (ns, name) = ns_name(&object);
+        match rbac_object(kind, object) {
+            Ok(obj) => {
+                self.rbac.upsert(obj);
+                Some((index, ns, name))
+            }
+            Err(e) => {
+                tracing::warn!("ignoring malformed {resource} {ns}/{name} in the store: {e}");
+                None
             }
         }
     }
-    for (idx, ns, name) in known.difference(&seen) {
-        rbac.remove(RBAC_RESOURCES[*idx].1, ns, name);
+}
+
+impl StoreView for RbacView {
+    fn reset(&self, objects: Vec<(usize, Value)>) {
+        let seen: HashSet<(usize, String, String)> = objects
+            .into_iter()
+            .filter_map(|(index, object)| self.upsert(index, object))
+            .collect();
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        for (index, ns, name) in known.difference(&seen) {
+            self.rbac.remove(RBAC_RESOURCES[*index].1, ns, name);
+        }
+        *known = seen;
     }
-    *known = seen;
-    Ok(revision)
+
+    fn put(&self, index: usize, object: Value) {
+        if let Some(key) = self.upsert(index, object) {
+            self.known
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key);
+        }
+    }
+
+    fn delete(&self, index: usize, object: Value) {
+        let (ns, name) = ns_name(&object);
+        self.rbac.remove(RBAC_RESOURCES[index].1, &ns, &name);
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(index, ns, name));
+    }
 }
 
 /// Loads RBAC objects now, then keeps `rbac` in sync from store watches in the background
@@ -355,66 +397,98 @@ pub async fn start_rbac_sync(
     store: Arc<dyn Store>,
     rbac: Arc<RbacAuthorizer>,
 ) -> Result<(), ApiError> {
-    let mut known = HashSet::new();
-    let revision = load_rbac(&store, &rbac, &mut known).await?;
-    tokio::spawn(async move {
-        let mut revision = revision;
-        loop {
-            let mut streams = Vec::new();
-            for (idx, (resource, _)) in RBAC_RESOURCES.iter().enumerate() {
-                let def = registry::find("rbac.authorization.k8s.io", "v1", resource)
-                    .expect("rbac served");
-                match store.watch(&def.prefix(None), revision).await {
-                    Ok(s) => streams.push(s.map(move |e| (idx, e)).boxed()),
-                    Err(e) => tracing::warn!("RBAC watch on {resource} failed: {e}; re-listing"),
+    let resources = RBAC_RESOURCES
+        .iter()
+        .map(|(resource, _)| {
+            registry::find("rbac.authorization.k8s.io", "v1", resource).expect("rbac served")
+        })
+        .collect();
+    let view = Arc::new(RbacView {
+        rbac,
+        known: Mutex::new(HashSet::new()),
+    });
+    sync::start(store, resources, view, "RBAC cache").await
+}
+
+/// Which pods are bound to which node, by `(namespace, name)`: the node authorizer reads only
+/// the pods of the asking node instead of scanning every pod of the cluster.
+#[derive(Default)]
+pub struct PodsByNode {
+    inner: RwLock<PodIndex>,
+}
+
+#[derive(Default)]
+struct PodIndex {
+    by_node: HashMap<String, BTreeSet<(String, String)>>,
+    node_of: HashMap<(String, String), String>,
+}
+
+impl PodIndex {
+    fn remove(&mut self, key: &(String, String)) {
+        if let Some(node) = self.node_of.remove(key) {
+            if let Some(keys) = self.by_node.get_mut(&node) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.by_node.remove(&node);
                 }
-            }
-            if streams.len() == RBAC_RESOURCES.len() {
-                let mut merged = futures::stream::select_all(streams);
-                while let Some((idx, event)) = merged.next().await {
-                    let kind = RBAC_RESOURCES[idx].1;
-                    match event {
-                        Ok(WatchEvent::Put { kv, .. }) => match decode(&kv)
-                            .map(|v| (ns_name(&v), v))
-                        {
-                            Ok(((ns, name), v)) => match rbac_object(kind, v) {
-                                Ok(obj) => {
-                                    rbac.upsert(obj);
-                                    known.insert((idx, ns, name));
-                                }
-                                Err(e) => {
-                                    tracing::warn!("ignoring malformed RBAC object {}: {e}", kv.key)
-                                }
-                            },
-                            Err(e) => tracing::warn!(
-                                "ignoring undecodable RBAC object {}: {}",
-                                kv.key,
-                                e.message
-                            ),
-                        },
-                        Ok(WatchEvent::Delete { prev, .. }) => {
-                            if let Ok(v) = decode(&prev) {
-                                let (ns, name) = ns_name(&v);
-                                rbac.remove(kind, &ns, &name);
-                                known.remove(&(idx, ns, name));
-                            }
-                        }
-                        Ok(WatchEvent::Progress { .. }) => {}
-                        Err(e) => {
-                            tracing::warn!("RBAC watch ended: {e}; re-listing");
-                            break;
-                        }
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            match load_rbac(&store, &rbac, &mut known).await {
-                Ok(rev) => revision = rev,
-                Err(e) => tracing::warn!("re-listing RBAC objects failed: {}", e.message),
             }
         }
-    });
-    Ok(())
+    }
+
+    fn put(&mut self, pod: &Value) {
+        let key = ns_name(pod);
+        self.remove(&key);
+        if let Some(node) = node_name(pod) {
+            self.by_node
+                .entry(node.to_string())
+                .or_default()
+                .insert(key.clone());
+            self.node_of.insert(key, node.to_string());
+        }
+    }
+}
+
+fn node_name(pod: &Value) -> Option<&str> {
+    pod.pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+}
+
+impl PodsByNode {
+    /// The `(namespace, name)` of every pod bound to `node`.
+    pub fn pods_on(&self, node: &str) -> Vec<(String, String)> {
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_node
+            .get(node)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl StoreView for PodsByNode {
+    fn reset(&self, objects: Vec<(usize, Value)>) {
+        let mut fresh = PodIndex::default();
+        for (_, pod) in &objects {
+            fresh.put(pod);
+        }
+        *self.inner.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+    }
+
+    fn put(&self, _: usize, pod: Value) {
+        self.inner
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .put(&pod);
+    }
+
+    fn delete(&self, _: usize, pod: Value) {
+        self.inner
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&ns_name(&pod));
+    }
 }
 
 #[cfg(test)]
@@ -455,6 +529,37 @@ mod tests {
             forbidden(&attrs, "").message,
             "forbidden: User \"x\" cannot get path \"/version\""
         );
+    }
+
+    #[test]
+    fn pods_by_node_follows_binding_moves_and_deletion() {
+        let pod = |ns: &str, name: &str, node: Option<&str>| {
+            let mut p =
+                serde_json::json!({"metadata": {"namespace": ns, "name": name}, "spec": {}});
+            if let Some(n) = node {
+                p["spec"]["nodeName"] = serde_json::json!(n);
+            }
+            p
+        };
+        let key = |ns: &str, name: &str| (ns.to_string(), name.to_string());
+        let index = PodsByNode::default();
+        index.reset(vec![
+            (0, pod("a", "one", Some("n1"))),
+            (0, pod("a", "two", Some("n1"))),
+            (0, pod("b", "pending", None)),
+        ]);
+        assert_eq!(index.pods_on("n1"), [key("a", "one"), key("a", "two")]);
+        // Scheduled, moved (re-created elsewhere under the same name), deleted.
+        index.put(0, pod("b", "pending", Some("n2")));
+        index.put(0, pod("a", "two", Some("n2")));
+        assert_eq!(index.pods_on("n1"), [key("a", "one")]);
+        assert_eq!(index.pods_on("n2"), [key("a", "two"), key("b", "pending")]);
+        index.delete(0, pod("a", "one", Some("n1")));
+        assert!(index.pods_on("n1").is_empty());
+        // A re-list replaces everything.
+        index.reset(vec![(0, pod("c", "three", Some("n3")))]);
+        assert!(index.pods_on("n2").is_empty());
+        assert_eq!(index.pods_on("n3"), [key("c", "three")]);
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod selectors;
 pub mod server;
 pub mod services;
 pub mod subresources;
+pub mod sync;
 pub mod tables;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -205,7 +205,13 @@ impl ApiServer {
         store: Arc<dyn Store>,
     ) -> Result<ApiServer, ApiServerError> {
         let tls = Arc::new(tls_config(&config.tls)?);
-        let lookup: Arc<dyn kinit_auth::ObjectLookup> = Arc::new(StoreLookup::new(store.clone()));
+        let lookup: Arc<dyn kinit_auth::ObjectLookup> =
+            Arc::new(StoreLookup::indexed(store.clone()).await.map_err(|e| {
+                ApiServerError::Bootstrap {
+                    what: "pods-by-node index".into(),
+                    reason: e.message,
+                }
+            })?);
         let api_audiences = if config.authentication.api_audiences.is_empty() {
             vec![config.authentication.service_account_issuer.clone()]
         } else {
