@@ -287,7 +287,6 @@ fn summarize(outcome: &HostOutcome, entry: &kinit_inventory::Host, dry_run: bool
     }
 }
 
-/// Converges `selected` (hosts of `inventory`) and bootstraps the cluster through its API.
 /// The pod ranges of the cluster's Nodes, when a cluster exists (its admin.conf is in the state
 /// dir) and its API answers within a few seconds; `None` otherwise, with a warning when the
 /// cluster exists, since then only the ranges recorded by earlier runs are known.
@@ -316,6 +315,7 @@ async fn registered_pod_cidrs(admin_kubeconfig: &Path) -> Option<BTreeMap<String
     }
 }
 
+/// Converges `selected` (hosts of `inventory`) and bootstraps the cluster through its API.
 pub(crate) async fn apply(
     args: &ApplySettings,
     concurrency: usize,
