@@ -658,7 +658,27 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
     .await;
     let logs = kubectl.ok(&["logs", "on-node3"]);
     assert!(logs.contains("listening"), "{logs}");
-    kubectl.ok(&["delete", "pod", "on-node3", "--wait=false"]);
+    // The usual way out before a reset: drain (cordon, then evict through the API).
+    let drained = kubectl.ok(&[
+        "drain",
+        "node3",
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+        "--force",
+        "--timeout=120s",
+    ]);
+    assert!(drained.contains("node/node3 drained"), "{drained}");
+    assert!(
+        !kubectl
+            .output(&["get", "pod", "on-node3"], None)
+            .status
+            .success(),
+        "on-node3 still listed after the drain"
+    );
+    assert_eq!(
+        kubectl.json(&["get", "node", "node3"])["spec"]["unschedulable"],
+        true
+    );
     reset_node3();
     node3.run_checked("rm -f /root/kinit").await.unwrap();
     let left = kinit_leftovers(node3).await;
