@@ -17,6 +17,7 @@ pub const WORKLOAD_CONTROLLERS: &[&str] = &[
     "daemonset",
     "job",
     "ttl-after-finished",
+    "cronjob",
 ];
 
 /// Controllers of the cluster-controllers crate, accepted in `--controllers` and handed over
@@ -175,6 +176,9 @@ pub struct ControllerManagerArgs {
     /// Concurrent Job syncs.
     #[arg(long, default_value_t = 5)]
     pub concurrent_job_syncs: u16,
+    /// Concurrent CronJob syncs.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_cron_job_syncs: u16,
     /// Cluster name (accepted for kube-controller-manager compatibility; only cloud providers
     /// use it).
     #[arg(long, default_value = "kubernetes")]

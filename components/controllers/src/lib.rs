@@ -4,7 +4,8 @@
 //! - [`deployment`]: ReplicaSets per template hash, RollingUpdate/Recreate, revisions,
 //!   rollback, history limit, the status `kubectl rollout status` reads;
 //! - [`daemonset`]: one pod per eligible node, pinned by node affinity, rolling updates;
-//! - [`job`]: parallelism/completions, backoff limit, deadline, TTL after finished.
+//! - [`job`]: parallelism/completions, backoff limit, deadline, TTL after finished;
+//! - [`cronjob`]: Jobs on a cron schedule (time zones, deadlines, concurrency policy, history).
 //!
 //! Each is a kube-rs `Controller` running an idempotent `reconcile(object, ctx)`. One watch per
 //! kind ([`informer`]) feeds all of them. [`run`] adds the flags, /healthz, SIGTERM handling and
@@ -12,6 +13,7 @@
 //! under the same leadership.
 
 pub mod args;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod error;
@@ -32,6 +34,7 @@ use std::net::SocketAddr;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -65,6 +68,8 @@ pub struct WorkloadOptions {
     pub daemonset_syncs: u16,
     /// `--concurrent-job-syncs`.
     pub job_syncs: u16,
+    /// `--concurrent-cron-job-syncs`.
+    pub cron_job_syncs: u16,
 }
 
 impl WorkloadOptions {
@@ -76,6 +81,7 @@ impl WorkloadOptions {
             replicaset_syncs: args.concurrent_replicaset_syncs.max(1),
             daemonset_syncs: args.concurrent_daemonset_syncs.max(1),
             job_syncs: args.concurrent_job_syncs.max(1),
+            cron_job_syncs: args.concurrent_cron_job_syncs.max(1),
         })
     }
 
@@ -95,6 +101,7 @@ impl Default for WorkloadOptions {
             replicaset_syncs: 5,
             daemonset_syncs: 2,
             job_syncs: 5,
+            cron_job_syncs: 5,
         }
     }
 }
@@ -113,8 +120,10 @@ pub async fn run_workloads(client: Client, options: WorkloadOptions, stop: watch
     );
     let mut nodes =
         informer::Informer::new(Api::<Node>::all(client.clone()), watcher::Config::default());
+    let mut jobs =
+        informer::Informer::new(Api::<Job>::all(client.clone()), watcher::Config::default());
     let mut controllers: Vec<BoxFuture<'static, ()>> = Vec::new();
-    let (mut need_rs, mut need_nodes) = (false, false);
+    let (mut need_rs, mut need_nodes, mut need_jobs) = (false, false, false);
     if options.on("replicaset") {
         need_rs = true;
         controllers.push(replicaset::controller(
@@ -157,6 +166,15 @@ pub async fn run_workloads(client: Client, options: WorkloadOptions, stop: watch
             stopped(stop.clone()),
         ));
     }
+    if options.on("cronjob") {
+        need_jobs = true;
+        controllers.push(cronjob::controller(
+            client.clone(),
+            &mut jobs,
+            options.cron_job_syncs,
+            stopped(stop.clone()),
+        ));
+    }
     if controllers.is_empty() {
         stopped(stop).await;
         return;
@@ -168,6 +186,9 @@ pub async fn run_workloads(client: Client, options: WorkloadOptions, stop: watch
     }
     if need_nodes {
         informers.push(Box::pin(nodes.run()));
+    }
+    if need_jobs {
+        informers.push(Box::pin(jobs.run()));
     }
     let informers = futures::future::join_all(informers);
     tokio::select! {
