@@ -18,6 +18,7 @@ pub const WORKLOAD_CONTROLLERS: &[&str] = &[
     "job",
     "ttl-after-finished",
     "cronjob",
+    "statefulset",
 ];
 
 /// Controllers of the cluster-controllers crate, accepted in `--controllers` and handed over
@@ -176,6 +177,9 @@ pub struct ControllerManagerArgs {
     /// Concurrent Job syncs.
     #[arg(long, default_value_t = 5)]
     pub concurrent_job_syncs: u16,
+    /// Concurrent StatefulSet syncs.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_statefulset_syncs: u16,
     /// Concurrent CronJob syncs.
     #[arg(long, default_value_t = 5)]
     pub concurrent_cron_job_syncs: u16,

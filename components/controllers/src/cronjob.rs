@@ -343,7 +343,7 @@ async fn reconcile(cronjob: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, R
         Ok(s) => s,
         Err(why) => {
             event(&ctx, &cronjob, "Warning", "InvalidSchedule", why).await;
-            write_status(&api, &name, &active, last_schedule, last_successful).await?;
+            write_status(&api, &cronjob, &active, last_schedule, last_successful).await?;
             return Ok(Action::await_change());
         }
     };
@@ -365,11 +365,11 @@ async fn reconcile(cronjob: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, R
     };
 
     if spec.suspend == Some(true) {
-        write_status(&api, &name, &active, last_schedule, last_successful).await?;
+        write_status(&api, &cronjob, &active, last_schedule, last_successful).await?;
         return Ok(Action::await_change());
     }
     let Some(scheduled) = due.latest else {
-        write_status(&api, &name, &active, last_schedule, last_successful).await?;
+        write_status(&api, &cronjob, &active, last_schedule, last_successful).await?;
         return Ok(next_wake(&due));
     };
     if due.missed > MAX_MISSED {
@@ -402,7 +402,7 @@ async fn reconcile(cronjob: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, R
         let policy = spec.concurrency_policy.as_deref().unwrap_or("Allow");
         if policy == "Forbid" && !active.is_empty() {
             // Wait for the running Job; its end triggers the next sync.
-            write_status(&api, &name, &active, last_schedule, last_successful).await?;
+            write_status(&api, &cronjob, &active, last_schedule, last_successful).await?;
             return Ok(next_wake(&due));
         }
         if policy == "Replace" {
@@ -442,18 +442,31 @@ async fn reconcile(cronjob: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, R
         }
         last_schedule = Some(to_time(scheduled));
     }
-    write_status(&api, &name, &active, last_schedule, last_successful).await?;
+    write_status(&api, &cronjob, &active, last_schedule, last_successful).await?;
     Ok(next_wake(&due))
 }
 
+/// Writes the status when it differs from what `cronjob` has (a write of unchanged fields
+/// could undo a concurrent change made after this sync read the object).
 async fn write_status(
     api: &Api<CronJob>,
-    name: &str,
+    cronjob: &CronJob,
     active: &[Arc<Job>],
     last_schedule: Option<Time>,
     last_successful: Option<Time>,
 ) -> Result<(), ReconcileError> {
+    let name = cronjob.metadata.name.as_deref().unwrap_or_default();
     let active: Vec<ObjectReference> = active.iter().map(|j| reference(j)).collect();
+    let current = cronjob.status.clone().unwrap_or_default();
+    let active_names = |refs: &[ObjectReference]| -> Vec<Option<String>> {
+        refs.iter().map(|r| r.name.clone()).collect()
+    };
+    if active_names(current.active.as_deref().unwrap_or_default()) == active_names(&active)
+        && current.last_schedule_time == last_schedule
+        && current.last_successful_time == last_successful
+    {
+        return Ok(());
+    }
     let patch = json!({"status": {
         "active": if active.is_empty() { serde_json::Value::Null } else { json!(active) },
         "lastScheduleTime": last_schedule,

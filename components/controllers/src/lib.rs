@@ -5,7 +5,9 @@
 //!   rollback, history limit, the status `kubectl rollout status` reads;
 //! - [`daemonset`]: one pod per eligible node, pinned by node affinity, rolling updates;
 //! - [`job`]: parallelism/completions, backoff limit, deadline, TTL after finished;
-//! - [`cronjob`]: Jobs on a cron schedule (time zones, deadlines, concurrency policy, history).
+//! - [`cronjob`]: Jobs on a cron schedule (time zones, deadlines, concurrency policy, history);
+//! - [`statefulset`]: ordinal pods with stable names and claims, ordered or parallel, revisions
+//!   and partitioned rolling updates.
 //!
 //! Each is a kube-rs `Controller` running an idempotent `reconcile(object, ctx)`. One watch per
 //! kind ([`informer`]) feeds all of them. [`run`] adds the flags, /healthz, SIGTERM handling and
@@ -26,6 +28,7 @@ pub mod manage;
 pub mod pods;
 pub mod replicaset;
 pub mod rollout;
+pub mod statefulset;
 
 use std::collections::BTreeSet;
 use std::hash::{BuildHasher, Hasher};
@@ -70,6 +73,8 @@ pub struct WorkloadOptions {
     pub job_syncs: u16,
     /// `--concurrent-cron-job-syncs`.
     pub cron_job_syncs: u16,
+    /// `--concurrent-statefulset-syncs`.
+    pub statefulset_syncs: u16,
 }
 
 impl WorkloadOptions {
@@ -82,6 +87,7 @@ impl WorkloadOptions {
             daemonset_syncs: args.concurrent_daemonset_syncs.max(1),
             job_syncs: args.concurrent_job_syncs.max(1),
             cron_job_syncs: args.concurrent_cron_job_syncs.max(1),
+            statefulset_syncs: args.concurrent_statefulset_syncs.max(1),
         })
     }
 
@@ -102,6 +108,7 @@ impl Default for WorkloadOptions {
             daemonset_syncs: 2,
             job_syncs: 5,
             cron_job_syncs: 5,
+            statefulset_syncs: 5,
         }
     }
 }
@@ -163,6 +170,14 @@ pub async fn run_workloads(client: Client, options: WorkloadOptions, stop: watch
                 sync_pods: options.on("job"),
                 ttl_after_finished: options.on("ttl-after-finished"),
             },
+            stopped(stop.clone()),
+        ));
+    }
+    if options.on("statefulset") {
+        controllers.push(statefulset::controller(
+            client.clone(),
+            &mut pods,
+            options.statefulset_syncs,
             stopped(stop.clone()),
         ));
     }
