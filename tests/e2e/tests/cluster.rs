@@ -125,6 +125,48 @@ impl Kubectl {
     }
 }
 
+const STATEFUL: &str = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: web
+spec:
+  replicas: 2
+  serviceName: web
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: kinit.local/demoapp:TAG
+        imagePullPolicy: IfNotPresent
+        readinessProbe:
+          httpGet: {path: /healthz, port: 8080}
+          periodSeconds: 1
+"#;
+
+const CRON: &str = r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: tick
+spec:
+  schedule: "MINUTE * * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: tick
+            image: kinit.local/demoapp:TAG
+            imagePullPolicy: IfNotPresent
+            command: ["hostname"]
+"#;
+
 /// Waits (up to `limit`) until `check` returns Some.
 async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
@@ -479,6 +521,60 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
         "RSS on the control-plane host:\n{}",
         String::from_utf8_lossy(&rss.stdout)
     );
+
+    println!("--- a StatefulSet and a CronJob run on the workers");
+    kubectl.apply(&STATEFUL.replace("TAG", &tag));
+    kubectl.ok(&["rollout", "status", "statefulset/web", "--timeout=120s"]);
+    let hostname = kubectl.ok(&["exec", "web-1", "--", "hostname"]);
+    assert_eq!(hostname.trim(), "web-1");
+    // Scheduled two minutes ago, hourly; a status from "ten minutes ago" makes that time due now.
+    let now = chrono::Utc::now();
+    let minute = chrono::Timelike::minute(&(now - chrono::Duration::minutes(2)));
+    kubectl.apply(
+        &CRON
+            .replace("TAG", &tag)
+            .replace("MINUTE", &minute.to_string()),
+    );
+    let ten_ago =
+        (now - chrono::Duration::minutes(10)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    kubectl.ok(&[
+        "patch",
+        "cronjob",
+        "tick",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"status":{{"lastScheduleTime":"{ten_ago}"}}}}"#),
+    ]);
+    let job = eventually(
+        "the CronJob's Job Complete",
+        Duration::from_secs(90),
+        || {
+            let jobs = kubectl.json(&["get", "jobs"]);
+            jobs["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|j| {
+                    j["metadata"]["ownerReferences"][0]["name"] == "tick"
+                        && j["status"]["conditions"].as_array().is_some_and(|c| {
+                            c.iter()
+                                .any(|c| c["type"] == "Complete" && c["status"] == "True")
+                        })
+                })
+                .map(|j| j["metadata"]["name"].as_str().unwrap().to_string())
+        },
+    )
+    .await;
+    let logs = kubectl.ok(&["logs", &format!("job/{job}")]);
+    assert!(logs.trim().starts_with(&format!("{job}-")), "{logs}");
+    eventually("lastSuccessfulTime", Duration::from_secs(30), || {
+        let cj = kubectl.json(&["get", "cronjob", "tick"]);
+        cj["status"]["lastSuccessfulTime"].is_string().then_some(())
+    })
+    .await;
+    kubectl.ok(&["delete", "cronjob", "tick"]);
+    kubectl.ok(&["delete", "statefulset", "web", "--wait=false"]);
 
     println!("--- a second apply changes nothing");
     let (report, took) = apply.run();
