@@ -24,12 +24,11 @@ use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::Client;
-use serde_json::json;
 
 use crate::error::{is_conflict, is_not_found, ReconcileError};
 use crate::informer::Informer;
@@ -306,7 +305,13 @@ async fn reconcile(cronjob: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, R
                 && pods::controller_ref(&j.metadata).is_some_and(|r| r.uid == uid)
         })
         .collect();
-    owned.sort_by_key(|j| j.metadata.creation_timestamp.clone().map(|t| t.0));
+    // Oldest first; creation times have whole seconds, so the name breaks ties.
+    owned.sort_by_key(|j| {
+        (
+            j.metadata.creation_timestamp.clone().map(|t| t.0),
+            j.metadata.name.clone(),
+        )
+    });
     let mut active: Vec<Arc<Job>> = owned
         .iter()
         .filter(|j| finished(j).is_none() && j.metadata.deletion_timestamp.is_none())
@@ -398,7 +403,10 @@ async fn reconcile(cronjob: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, R
             format!("missed the scheduled time {scheduled} by more than startingDeadlineSeconds"),
         )
         .await;
-    } else if !exists {
+    } else if exists {
+        // Already handled (by an earlier sync whose status write this one did not see yet).
+        last_schedule = Some(to_time(scheduled));
+    } else {
         let policy = spec.concurrency_policy.as_deref().unwrap_or("Allow");
         if policy == "Forbid" && !active.is_empty() {
             // Wait for the running Job; its end triggers the next sync.
@@ -467,17 +475,20 @@ async fn write_status(
     {
         return Ok(());
     }
-    let patch = json!({"status": {
-        "active": if active.is_empty() { serde_json::Value::Null } else { json!(active) },
-        "lastScheduleTime": last_schedule,
-        "lastSuccessfulTime": last_successful,
-    }});
+    // A full status update at the resourceVersion this sync read: if the CronJob changed
+    // meanwhile the write is refused (409) and the change's own event syncs it again.
+    let mut updated = cronjob.clone();
+    updated.metadata.managed_fields = None;
+    let status = updated.status.get_or_insert_with(Default::default);
+    status.active = (!active.is_empty()).then_some(active);
+    status.last_schedule_time = last_schedule;
+    status.last_successful_time = last_successful;
     match api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .replace_status(name, &PostParams::default(), &updated)
         .await
     {
         Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) if is_not_found(&e) || is_conflict(&e) => Ok(()),
         Err(e) => Err(ReconcileError::api(format!(
             "updating the status of cronjob {name}"
         ))(e)),
@@ -558,7 +569,7 @@ mod tests {
 
     #[test]
     fn jobs_are_named_and_owned() {
-        let cronjob: CronJob = serde_json::from_value(json!({
+        let cronjob: CronJob = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "backup", "namespace": "ops", "uid": "u-1"},
             "spec": {"schedule": "@hourly", "jobTemplate": {
                 "metadata": {"labels": {"app": "backup"}},

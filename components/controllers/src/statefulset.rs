@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -502,17 +502,17 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, R
         conditions: status.conditions.clone(),
     };
     if set.status.as_ref() != Some(&new_status) {
+        // At the resourceVersion this sync read: a newer StatefulSet (409) syncs again anyway.
+        let mut updated = (*set).clone();
+        updated.metadata.managed_fields = None;
+        updated.status = Some(new_status);
         let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
         match api
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": new_status})),
-            )
+            .replace_status(&name, &PostParams::default(), &updated)
             .await
         {
             Ok(_) => {}
-            Err(e) if is_not_found(&e) => {}
+            Err(e) if is_not_found(&e) || is_conflict(&e) => {}
             Err(e) => {
                 return Err(ReconcileError::api(format!(
                     "updating the status of statefulset {ns}/{name}"

@@ -106,7 +106,9 @@ async fn cronjob_runs_the_latest_missed_time_then_trims_history() {
     })
     .await;
 
-    // A second finished Job of this CronJob: with successfulJobsHistoryLimit 1 the older goes.
+    // A second finished Job of this CronJob: with successfulJobsHistoryLimit 1 the older goes
+    // (created a second later: creation times have whole seconds).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let mut second = first.clone();
     second.metadata = kube::api::ObjectMeta {
         name: Some("tick-manual".into()),

@@ -93,16 +93,20 @@ async fn statefulset_orders_pods_keeps_claims_and_rolls_from_the_top() {
     );
 
     // A template change rolls from web-2 down; every pod ends on the new revision.
-    sets.patch(
-        "web",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"v": "2"}}}}})),
-    )
-    .await
-    .unwrap();
+    let generation = sets
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"v": "2"}}}}})),
+        )
+        .await
+        .unwrap()
+        .metadata
+        .generation;
     let status = eventually(60, "rolled out", || async {
         let status = sets.get("web").await.ok()?.status?;
-        let done = status.updated_replicas == Some(3)
+        let done = status.observed_generation == generation
+            && status.updated_replicas == Some(3)
             && status.ready_replicas == Some(3)
             && status.current_revision == status.update_revision;
         let first = status.update_revision.clone()?;
