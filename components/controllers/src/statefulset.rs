@@ -10,7 +10,7 @@
 //!   Running and Ready, and scale-down removes the highest ordinal first, one at a time;
 //!   `Parallel` creates and removes all at once.
 //! - Revisions are ControllerRevisions `<set>-<hash>` holding the pod template (what `kubectl
-//!   rollout history/undo statefulset` read). `RollingUpdate` replaces pods from the highest
+//!   rollout history/undo statefulset` read), pruned to `revisionHistoryLimit`. `RollingUpdate` replaces pods from the highest
 //!   ordinal down to `partition`, one at a time, each waiting for the previous to be Ready;
 //!   `OnDelete` replaces a pod only when someone deletes it.
 //! - Status: replicas, ready/available/current/updated counts, current and update revision.
@@ -275,6 +275,31 @@ pub fn plan(p: &Plan, members: &BTreeMap<usize, Member>) -> Vec<Step> {
     steps
 }
 
+/// Names of the revisions beyond `limit` to delete, oldest first: never one in `in_use` (the
+/// current and update revisions, and any a pod still runs).
+pub fn revisions_to_prune(
+    owned: &[ControllerRevision],
+    in_use: &[String],
+    limit: usize,
+) -> Vec<String> {
+    let mut spare: Vec<&ControllerRevision> = owned
+        .iter()
+        .filter(|r| {
+            r.metadata
+                .name
+                .as_ref()
+                .is_some_and(|n| !in_use.contains(n))
+        })
+        .collect();
+    spare.sort_by_key(|r| r.revision);
+    let excess = spare.len().saturating_sub(limit);
+    spare
+        .into_iter()
+        .take(excess)
+        .filter_map(|r| r.metadata.name.clone())
+        .collect()
+}
+
 /// The ControllerRevision of `set` for `template`/`hash`, numbered `revision`.
 fn controller_revision(
     set: &StatefulSet,
@@ -379,6 +404,25 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, R
         .iter()
         .filter_map(|p| Some((ordinal(&name, p.metadata.name.as_deref()?)?, p.clone())))
         .collect();
+    // History: revisions beyond revisionHistoryLimit (10) go, unless something still uses them.
+    let mut in_use: Vec<String> = vec![update_name.clone(), format!("{name}-{current_hash}")];
+    in_use.extend(
+        by_ordinal
+            .values()
+            .filter_map(|p| revision_of(p).map(|h| format!("{name}-{h}"))),
+    );
+    let limit = usize::try_from(spec.revision_history_limit.unwrap_or(10).max(0)).unwrap_or(0);
+    for old in revisions_to_prune(&owned, &in_use, limit) {
+        match revisions.delete(&old, &Default::default()).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                return Err(ReconcileError::api(format!(
+                    "deleting controller revision {ns}/{old}"
+                ))(e))
+            }
+        }
+    }
     let members: BTreeMap<usize, Member> = by_ordinal
         .iter()
         .map(|(o, p)| {
@@ -671,6 +715,30 @@ mod tests {
             ..ordered(3)
         };
         assert!(plan(&on_delete, &m).is_empty());
+    }
+
+    #[test]
+    fn old_revisions_beyond_the_limit_go_unless_in_use() {
+        let revision = |name: &str, n: i64| ControllerRevision {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            data: None,
+            revision: n,
+        };
+        let owned = vec![
+            revision("web-e", 5),
+            revision("web-a", 1),
+            revision("web-c", 3),
+            revision("web-b", 2),
+            revision("web-d", 4),
+        ];
+        let in_use = vec!["web-e".to_string(), "web-a".to_string()];
+        // Spare: b, c, d (oldest first); keep 1.
+        assert_eq!(revisions_to_prune(&owned, &in_use, 1), ["web-b", "web-c"]);
+        assert!(revisions_to_prune(&owned, &in_use, 10).is_empty());
+        assert_eq!(revisions_to_prune(&owned, &in_use, 0).len(), 3);
     }
 
     #[test]
