@@ -195,21 +195,44 @@ pub async fn run_workloads(client: Client, options: WorkloadOptions, stop: watch
         return;
     }
     tracing::info!(controllers = ?options.enabled.iter().filter(|c| args::WORKLOAD_CONTROLLERS.contains(&c.as_str())).collect::<Vec<_>>(), "starting workload controllers");
+    // Like client-go's WaitForCacheSync: no controller syncs before the shared caches hold the
+    // first full list (a ReplicaSet synced against an empty pod cache creates pods for ones
+    // that already exist).
+    let mut synced: Vec<BoxFuture<'static, ()>> = vec![cache_synced(pods.store())];
     let mut informers: Vec<BoxFuture<'static, ()>> = vec![Box::pin(pods.run())];
     if need_rs {
+        synced.push(cache_synced(replica_sets.store()));
         informers.push(Box::pin(replica_sets.run()));
     }
     if need_nodes {
+        synced.push(cache_synced(nodes.store()));
         informers.push(Box::pin(nodes.run()));
     }
     if need_jobs {
+        synced.push(cache_synced(jobs.store()));
         informers.push(Box::pin(jobs.run()));
     }
     let informers = futures::future::join_all(informers);
+    let controllers = async move {
+        futures::future::join_all(synced).await;
+        futures::future::join_all(controllers).await;
+    };
     tokio::select! {
-        _ = futures::future::join_all(controllers) => {}
+        _ = controllers => {}
         _ = informers => {}
     }
+}
+
+/// Resolves once `store` has been filled by its first list.
+fn cache_synced<K>(store: kube::runtime::reflector::Store<K>) -> BoxFuture<'static, ()>
+where
+    K: kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
+{
+    Box::pin(async move {
+        // Err only when the writer is gone, i.e. the informer stopped; the select ends then.
+        let _ = store.wait_until_ready().await;
+    })
 }
 
 /// `<hostname>_<random>`, like kube-controller-manager's leader election identity.
