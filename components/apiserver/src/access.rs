@@ -49,28 +49,20 @@ impl std::str::FromStr for AuthorizationMode {
 /// Reads the objects kinit-auth needs from the store.
 pub struct StoreLookup {
     objects: Objects,
-    /// Pods by node; without it the pods of a node are found by scanning every pod.
-    pods: Option<Arc<PodsByNode>>,
+    /// Pods by node, so a node's pods are found without scanning every pod.
+    pods: Arc<PodsByNode>,
 }
 
 impl StoreLookup {
-    /// Lookup over `store` that scans every pod to find a node's pods (no background task).
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        StoreLookup {
-            objects: Objects { store },
-            pods: None,
-        }
-    }
-
     /// Lookup over `store` with an index of pods by node, filled now and kept in sync from a
-    /// store watch in the background (what the API server uses).
-    pub async fn indexed(store: Arc<dyn Store>) -> Result<Self, ApiError> {
+    /// store watch in the background.
+    pub async fn new(store: Arc<dyn Store>) -> Result<Self, ApiError> {
         let pods = Arc::new(PodsByNode::default());
         let def = registry::find("", "v1", "pods").expect("pods are served");
         sync::start(store.clone(), vec![def], pods.clone(), "pods-by-node index").await?;
         Ok(StoreLookup {
             objects: Objects { store },
-            pods: Some(pods),
+            pods,
         })
     }
 
@@ -116,33 +108,16 @@ impl ObjectLookup for StoreLookup {
     }
 
     async fn pods_on_node(&self, node: &str) -> Result<Vec<Pod>, AuthError> {
-        let bound = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
-        if let Some(index) = &self.pods {
-            let mut pods = Vec::new();
-            for (namespace, name) in index.pods_on(node) {
-                // Read each pod: the index may trail the store by a moment.
-                if let Some(pod) = self.pod(&namespace, &name).await? {
-                    if bound(&pod) {
-                        pods.push(pod);
-                    }
+        let mut pods = Vec::new();
+        for (namespace, name) in self.pods.pods_on(node) {
+            // Read each pod: the index may trail the store by a moment.
+            if let Some(pod) = self.pod(&namespace, &name).await? {
+                if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node) {
+                    pods.push(pod);
                 }
             }
-            return Ok(pods);
         }
-        let def = registry::find("", "v1", "pods").expect("pods are served");
-        let (items, _) = self
-            .objects
-            .list_all(def, None)
-            .await
-            .map_err(|e| AuthError::Lookup(format!("listing pods: {}", e.message)))?;
-        items
-            .into_iter()
-            .filter(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node))
-            .map(|p| {
-                serde_json::from_value(p)
-                    .map_err(|e| AuthError::Lookup(format!("malformed pod in the store: {e}")))
-            })
-            .collect()
+        Ok(pods)
     }
 }
 

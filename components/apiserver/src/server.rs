@@ -206,7 +206,7 @@ impl ApiServer {
     ) -> Result<ApiServer, ApiServerError> {
         let tls = Arc::new(tls_config(&config.tls)?);
         let lookup: Arc<dyn kinit_auth::ObjectLookup> =
-            Arc::new(StoreLookup::indexed(store.clone()).await.map_err(|e| {
+            Arc::new(StoreLookup::new(store.clone()).await.map_err(|e| {
                 ApiServerError::Bootstrap {
                     what: "pods-by-node index".into(),
                     reason: e.message,
