@@ -139,16 +139,9 @@ pub fn job_name(cronjob: &str, scheduled: DateTime<Utc>) -> String {
     format!("{cronjob}-{}", scheduled.timestamp() / 60)
 }
 
-fn finished(job: &Job) -> Option<&'static str> {
-    let conditions = job.status.as_ref()?.conditions.as_ref()?;
-    conditions
-        .iter()
-        .filter(|c| c.status == "True")
-        .find_map(|c| match c.type_.as_str() {
-            "Complete" => Some("Complete"),
-            "Failed" => Some("Failed"),
-            _ => None,
-        })
+/// `Complete` or `Failed` when the Job has finished.
+fn finished(job: &Job) -> Option<&str> {
+    crate::job::finished_condition(job.status.as_ref()?).map(|c| c.type_.as_str())
 }
 
 /// Shared state of the CronJob controller.

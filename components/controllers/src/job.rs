@@ -97,7 +97,8 @@ fn error_policy(job: Arc<Job>, error: &ReconcileError, _: Arc<Context>) -> Actio
     Action::requeue(Duration::from_secs(5))
 }
 
-fn finished_condition(status: &JobStatus) -> Option<&JobCondition> {
+/// The `Complete` or `Failed` condition of a finished Job (status `True`).
+pub(crate) fn finished_condition(status: &JobStatus) -> Option<&JobCondition> {
     status
         .conditions
         .as_ref()?
