@@ -64,8 +64,10 @@ pub enum Why {
 }
 
 /// One pod to force-delete.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Collect {
+    /// The pod as the sweep saw it (its conditions are kept when it is marked Failed).
+    pub pod: Arc<Pod>,
     /// Namespace of the pod.
     pub namespace: String,
     /// Name of the pod.
@@ -115,7 +117,8 @@ impl Sweeper {
         now: Instant,
         config: &PodGcConfig,
     ) -> Vec<Collect> {
-        let collect = |pod: &Pod, why: Why| Collect {
+        let collect = |pod: &Arc<Pod>, why: Why| Collect {
+            pod: pod.clone(),
             namespace: pod.namespace().unwrap_or_default(),
             name: pod.name_any(),
             uid: pod.uid().unwrap_or_default(),
@@ -211,17 +214,9 @@ async fn collect(ctx: &Ctx, item: &Collect) -> Result<(), ReconcileError> {
             return Ok(());
         }
         if item.running {
-            let Some(pod) = ctx
-                .pods
-                .state()
-                .into_iter()
-                .find(|p| p.metadata.uid.as_deref() == Some(item.uid.as_str()))
-            else {
-                return Ok(());
-            };
             let patch = json!({"status": {
                 "phase": "Failed",
-                "conditions": disruption_conditions(&pod, node),
+                "conditions": disruption_conditions(&item.pod, node),
             }});
             match pods
                 .patch_status(&item.name, &PatchParams::default(), &Patch::Merge(&patch))
