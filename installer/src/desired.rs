@@ -76,6 +76,20 @@ const ETCD_MEMBER_FILES: &[&str] = &[
     "pki/etcd/healthcheck-client.key",
 ];
 
+/// The files the templates render for one host's settings.
+pub fn rendered_files(
+    context: &kinit_templates::ClusterRenderContext,
+) -> Result<Vec<DesiredFile>, kinit_templates::TemplateError> {
+    Ok(kinit_templates::render_all(context)?
+        .into_iter()
+        .map(|f| DesiredFile {
+            path: f.path,
+            mode: f.mode,
+            contents: f.contents.into_bytes(),
+        })
+        .collect())
+}
+
 /// File in the cluster state directory recording each node's pod range (host name → CIDR), so
 /// ranges stay put across runs even while the API cannot be read.
 pub const POD_CIDR_RECORD: &str = "pod-cidrs.yaml";
@@ -175,15 +189,8 @@ impl ClusterState {
     ) -> anyhow::Result<Vec<DesiredFile>> {
         let context = cluster::render_context(inventory, host, &self.derived)
             .with_context(|| format!("cannot build the settings of host {}", host.name))?;
-        let mut files: Vec<DesiredFile> = kinit_templates::render_all(&context)
-            .with_context(|| format!("cannot render the files of host {}", host.name))?
-            .into_iter()
-            .map(|f| DesiredFile {
-                path: f.path,
-                mode: f.mode,
-                contents: f.contents.into_bytes(),
-            })
-            .collect();
+        let mut files = rendered_files(&context)
+            .with_context(|| format!("cannot render the files of host {}", host.name))?;
 
         let etcd = inventory.datastore() == Datastore::Etcd;
         let mut copies: Vec<&str> = vec!["pki/ca.crt"];

@@ -31,7 +31,7 @@ use crate::bootstrap::{
     JWS_KEY_PREFIX,
 };
 use crate::cluster::{self, ClusterDerived};
-use crate::desired::{DesiredFile, AGENT_SERVING_CERT, AGENT_SERVING_KEY};
+use crate::desired::{rendered_files, DesiredFile, AGENT_SERVING_CERT, AGENT_SERVING_KEY};
 
 /// ConfigMap (in kube-system) with the cluster settings joining nodes render their files from.
 pub const CLUSTER_CONFIG_NAME: &str = "kinit-config";
@@ -631,14 +631,7 @@ pub fn worker_files(
         vrrp_password: String::new(),
     };
     let context = cluster::render_context(&inventory, &host, &derived)?;
-    let mut files: Vec<DesiredFile> = kinit_templates::render_all(&context)?
-        .into_iter()
-        .map(|f| DesiredFile {
-            path: f.path,
-            mode: f.mode,
-            contents: f.contents.into_bytes(),
-        })
-        .collect();
+    let mut files: Vec<DesiredFile> = rendered_files(&context)?;
     let add = |files: &mut Vec<DesiredFile>, path: &str, mode: u32, contents: &str| {
         files.push(DesiredFile {
             path: path.into(),
