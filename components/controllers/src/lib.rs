@@ -36,7 +36,7 @@ use std::net::SocketAddr;
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::apps::v1::{ControllerRevision, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
@@ -129,8 +129,13 @@ pub async fn run_workloads(client: Client, options: WorkloadOptions, stop: watch
         informer::Informer::new(Api::<Node>::all(client.clone()), watcher::Config::default());
     let mut jobs =
         informer::Informer::new(Api::<Job>::all(client.clone()), watcher::Config::default());
+    let mut revisions = informer::Informer::new(
+        Api::<ControllerRevision>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let mut controllers: Vec<BoxFuture<'static, ()>> = Vec::new();
-    let (mut need_rs, mut need_nodes, mut need_jobs) = (false, false, false);
+    let (mut need_rs, mut need_nodes, mut need_jobs, mut need_revisions) =
+        (false, false, false, false);
     if options.on("replicaset") {
         need_rs = true;
         controllers.push(replicaset::controller(
@@ -174,9 +179,11 @@ pub async fn run_workloads(client: Client, options: WorkloadOptions, stop: watch
         ));
     }
     if options.on("statefulset") {
+        need_revisions = true;
         controllers.push(statefulset::controller(
             client.clone(),
             &mut pods,
+            &mut revisions,
             options.statefulset_syncs,
             stopped(stop.clone()),
         ));
@@ -211,6 +218,10 @@ pub async fn run_workloads(client: Client, options: WorkloadOptions, stop: watch
     if need_jobs {
         synced.push(cache_synced(jobs.store()));
         informers.push(Box::pin(jobs.run()));
+    }
+    if need_revisions {
+        synced.push(cache_synced(revisions.store()));
+        informers.push(Box::pin(revisions.run()));
     }
     let informers = futures::future::join_all(informers);
     let controllers = async move {

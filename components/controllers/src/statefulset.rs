@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -50,12 +50,15 @@ pub struct Context {
     pub client: Client,
     /// Cache of all pods.
     pub pods: Store<Pod>,
+    /// Cache of all ControllerRevisions.
+    pub revisions: Store<ControllerRevision>,
 }
 
 /// Builds the controller; the future runs until `stop` resolves.
 pub fn controller(
     client: Client,
     pods_informer: &mut Informer<Pod>,
+    revisions_informer: &mut Informer<ControllerRevision>,
     concurrency: u16,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> futures::future::BoxFuture<'static, ()> {
@@ -70,6 +73,7 @@ pub fn controller(
     let ctx = Arc::new(Context {
         client,
         pods: pods_informer.store(),
+        revisions: revisions_informer.store(),
     });
     Controller::new(api, watcher::Config::default())
         .reconcile_on(pod_triggers)
@@ -351,15 +355,15 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, R
 
     // Revisions: the update revision is the template's hash; keep one ControllerRevision each.
     let revisions: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
-    let owned: Vec<ControllerRevision> = revisions
-        .list(&ListParams::default())
-        .await
-        .map_err(ReconcileError::api(format!(
-            "listing controller revisions in {ns}"
-        )))?
-        .items
-        .into_iter()
-        .filter(|r| pods::is_controlled_by(&r.metadata, &uid))
+    let owned: Vec<ControllerRevision> = ctx
+        .revisions
+        .state()
+        .iter()
+        .filter(|r| {
+            r.metadata.namespace.as_deref() == Some(ns.as_str())
+                && pods::is_controlled_by(&r.metadata, &uid)
+        })
+        .map(|r| ControllerRevision::clone(r))
         .collect();
     let update_hash = rollout::pod_template_hash(&spec.template, status.collision_count);
     let update_name = format!("{name}-{update_hash}");
