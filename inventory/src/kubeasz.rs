@@ -680,10 +680,7 @@ impl<'a> Converter<'a> {
                         CniMode::HostGw
                     };
                     cluster.cni.mode = mode;
-                    let mode_name = match mode {
-                        CniMode::Vxlan => "vxlan",
-                        CniMode::HostGw => "host-gw",
-                    };
+                    let mode_name = mode.as_str();
                     self.warn(
                         line,
                         format!(

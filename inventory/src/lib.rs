@@ -18,7 +18,7 @@ use ipnet::IpNet;
 
 pub use error::{InventoryError, Problem};
 pub use model::{
-    Addons, ApiEndpoint, ClusterConfig, CniConfig, CniMode, Datastore, Host, Inventory,
+    Addons, ApiEndpoint, ClusterConfig, CniConfig, CniMode, Datastore, DnsConfig, Host, Inventory,
     InventorySpec, Metadata, PkiConfig, Role, SshConfig, Taint, TaintEffect, Vip, API_SERVER_PORT,
     API_VERSION, DEFAULT_VERSION, KEY_ALGORITHMS, KIND,
 };

@@ -436,6 +436,8 @@ pub struct ClusterConfig {
     pub cni: CniConfig,
     /// Optional cluster add-ons.
     pub addons: Addons,
+    /// Cluster DNS settings.
+    pub dns: DnsConfig,
     /// Certificate settings.
     pub pki: PkiConfig,
     /// Where the control plane keeps its state; derived when unset (see `Inventory::datastore`).
@@ -456,6 +458,7 @@ impl Default for ClusterConfig {
             vip: None,
             cni: CniConfig::default(),
             addons: Addons::default(),
+            dns: DnsConfig::default(),
             pki: PkiConfig::default(),
             datastore: None,
         }
@@ -535,11 +538,47 @@ pub struct CniConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CniMode {
-    /// Plain routes to each node's pod CIDR; needs all hosts on one L2 network.
+    /// host-gw when every node shares the uplink subnet, VXLAN otherwise (decided by the node
+    /// agents from the Nodes they see, so a node joining from another subnet switches all).
     #[default]
+    Auto,
+    /// Plain routes to each node's pod CIDR; needs all hosts on one L2 network.
     HostGw,
-    /// VXLAN overlay; works across routed networks.
+    /// VXLAN overlay (VNI 1, UDP 8472, as flannel); works across routed networks.
     Vxlan,
+}
+
+impl CniMode {
+    /// The inventory spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CniMode::Auto => "auto",
+            CniMode::HostGw => "host-gw",
+            CniMode::Vxlan => "vxlan",
+        }
+    }
+}
+
+/// Cluster DNS settings (the `kinit dns` addon, deployed as `coredns` like kubeadm's).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Where names outside the cluster domain are forwarded: `IP` or `IP:port`. Empty: the
+    /// upstreams of each DNS pod's node (`/etc/resolv.conf`), as kubeadm's Corefile does.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<String>,
+}
+
+impl DnsConfig {
+    /// An upstream as a socket address (`IP`, `IP:port` or `[IPv6]:port`; port 53 when none).
+    pub fn parse_upstream(text: &str) -> Option<std::net::SocketAddr> {
+        if let Ok(ip) = text.parse::<IpAddr>() {
+            return Some(std::net::SocketAddr::new(ip, 53));
+        }
+        text.parse::<std::net::SocketAddr>()
+            .ok()
+            .filter(|a| a.port() != 0)
+    }
 }
 
 /// Optional add-ons applied once the API is up.

@@ -430,10 +430,11 @@ pub(crate) fn inventory_shape() -> Shape {
             "cni",
             map(vec![(
                 "mode",
-                Shape::Scalar(Check::OneOf(&["host-gw", "vxlan"])),
+                Shape::Scalar(Check::OneOf(&["auto", "host-gw", "vxlan"])),
             )]),
         ),
         ("addons", map(vec![("dns", any()), ("ingress", any())])),
+        ("dns", map(vec![("upstreams", Shape::Seq(Box::new(any())))])),
         (
             "pki",
             map(vec![

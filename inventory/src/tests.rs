@@ -557,7 +557,7 @@ fn derived_defaults_for_a_single_control_plane() {
     assert_eq!(c.cluster_name, "kinit");
     assert_eq!(c.node_cidr_mask_size, 24);
     assert_eq!(c.dns_domain, "cluster.local");
-    assert_eq!(c.cni.mode, CniMode::HostGw);
+    assert_eq!(c.cni.mode, CniMode::Auto);
     assert_eq!(
         c.addons,
         Addons {
@@ -605,6 +605,7 @@ fn schema_matches_the_serde_types() {
         host: "10.88.0.100".into(),
         port: 8443,
     });
+    inv.spec.cluster.dns.upstreams = vec!["10.88.0.1".into()];
     let yaml = inv.to_yaml();
     let tree = SourceTree::parse(&yaml).unwrap();
     let root = tree.root.as_ref().unwrap();
@@ -640,4 +641,42 @@ fn schema_matches_the_serde_types() {
             "schema key {key} not in serialized YAML:\n{yaml}"
         );
     }
+}
+
+#[test]
+fn cni_mode_and_dns_upstreams_are_read_and_checked() {
+    let text = edit(
+        "    serviceCIDR: 10.96.0.0/12\n",
+        "    serviceCIDR: 10.96.0.0/12\n    cni: { mode: vxlan }\n    dns: { upstreams: [10.0.0.2, \"10.0.0.3:5353\", \"[fd00::2]:53\"] }\n",
+    );
+    let inv = Inventory::from_str(&text, "inventory.yaml").unwrap();
+    assert_eq!(inv.spec.cluster.cni.mode, CniMode::Vxlan);
+    let parsed: Vec<_> = inv
+        .spec
+        .cluster
+        .dns
+        .upstreams
+        .iter()
+        .map(|u| DnsConfig::parse_upstream(u).unwrap().to_string())
+        .collect();
+    assert_eq!(parsed, ["10.0.0.2:53", "10.0.0.3:5353", "[fd00::2]:53"]);
+
+    let bad_mode = edit(
+        "    serviceCIDR: 10.96.0.0/12\n",
+        "    serviceCIDR: 10.96.0.0/12\n    cni: { mode: flannel }\n",
+    );
+    let found = problems(&bad_mode);
+    let mode = at(&found, "spec.cluster.cni.mode");
+    assert_eq!(mode.line, Some(20), "{mode:?}");
+    assert!(mode.hint.contains("auto, host-gw, vxlan"), "{mode:?}");
+
+    let bad_upstreams = edit(
+        "    serviceCIDR: 10.96.0.0/12\n",
+        "    serviceCIDR: 10.96.0.0/12\n    dns: { upstreams: [dns.example.com, \"10.0.0.3:0\"] }\n",
+    );
+    let found = problems(&bad_upstreams);
+    let first = at(&found, "spec.cluster.dns.upstreams[0]");
+    assert!(first.message.contains("dns.example.com"), "{first:?}");
+    assert_eq!(first.line, Some(20), "{first:?}");
+    at(&found, "spec.cluster.dns.upstreams[1]");
 }

@@ -549,6 +549,15 @@ fn check_misc(inv: &Inventory, out: &mut Vec<Issue>) {
             ));
         }
     }
+    for (i, upstream) in c.dns.upstreams.iter().enumerate() {
+        if crate::model::DnsConfig::parse_upstream(upstream).is_none() {
+            out.push(Issue::new(
+                p("spec.cluster.dns.upstreams").index(i),
+                format!("`{upstream}` is not an IP address or IP:port"),
+                "write a DNS server's address, e.g. 10.0.0.2 or 10.0.0.2:53 (names cannot be used: they would need DNS)",
+            ));
+        }
+    }
     let pki = &c.pki;
     let pp = p("spec.cluster.pki");
     if pki.ca_validity_days == 0 {
