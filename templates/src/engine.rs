@@ -68,18 +68,30 @@ pub fn render_template<C: Serialize + ?Sized>(
     context: &C,
 ) -> Result<String, TemplateError> {
     let EmbeddedTemplate { name, source } = *find_template(name)?;
+    render_source(name, source, context)
+}
+
+/// Renders template text that lives elsewhere (e.g. the addon manifests embedded by
+/// `kinit-addons`) with the same strict environment and filters as the embedded templates.
+/// `name` is used in error messages.
+pub fn render_source<C: Serialize + ?Sized>(
+    name: &str,
+    source: &str,
+    context: &C,
+) -> Result<String, TemplateError> {
     let env = strict_environment();
     let template = env
         .template_from_named_str(name, source)
         .map_err(|err| TemplateError::from_engine(name, source, err))?;
-    let value = Value::from(Serde(context));
-    template.render(value).map_err(|err| match err.kind() {
-        minijinja::ErrorKind::BadSerialization => TemplateError::Context {
-            template: name.to_string(),
-            message: err.to_string(),
-        },
-        _ => TemplateError::from_engine(name, source, err),
-    })
+    template
+        .render(Value::from(Serde(context)))
+        .map_err(|err| match err.kind() {
+            minijinja::ErrorKind::BadSerialization => TemplateError::Context {
+                template: name.to_string(),
+                message: err.to_string(),
+            },
+            _ => TemplateError::from_engine(name, source, err),
+        })
 }
 
 /// Builds the environment: strict undefined values, no auto-escaping (none of the outputs is

@@ -30,7 +30,7 @@ pub use context::{
     EtcdClusterSettings, EtcdInitialClusterState, EtcdMember, EtcdMemberSettings, ImageSettings,
     LoadBalancerBackend, LoadBalancerSettings, NodeSettings, Taint, TaintEffect, VrrpState,
 };
-pub use engine::{render_template, template_names, template_source};
+pub use engine::{render_source, render_template, template_names, template_source};
 pub use error::{ContextProblem, TemplateError};
 pub use render::{
     render_all, HostFile, RenderedFile, AGENT_CONFIG_PATH, AGENT_UNIT_PATH, PKI_DIR,

@@ -2,8 +2,8 @@
 //!
 //! Order: the cluster state (PKI, kubeconfigs) on the admin box; preflight on hosts kinit has
 //! never touched; every host converged in parallel (observe, then run only the phases it
-//! lacks); then, through the API, wait for `/readyz`, publish `cluster-info` and wait for the
-//! nodes to be Ready. A re-run on a finished cluster runs no phase and writes nothing.
+//! lacks); then, through the API, wait for `/readyz`, publish `cluster-info`, apply the add-ons
+//! (cluster DNS) and wait for the nodes to be Ready. A re-run on a finished cluster runs no phase and writes nothing.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 use ipnet::IpNet;
+use kinit::addons::{self, AddonReport, ObjectAction};
 use kinit::bootstrap::{self, NodeState};
 use kinit::client;
 use kinit::converge::{converge, run_id, ConvergeOptions, HostOutcome};
@@ -24,6 +25,7 @@ use kinit::phases::{Binary, HostTarget};
 use kinit_executor::preflight::{check_host, HostReport, PreflightOptions};
 use kinit_executor::{run_on_all, AnyHost, Host};
 use kinit_inventory::{Inventory, Role};
+use kinit_templates::ClusterRenderContext;
 use serde::Serialize;
 
 use crate::cmd::hosts::{HostArgs, Selected};
@@ -50,6 +52,11 @@ pub struct ApplySettings {
     /// The kinit binary to install on the hosts [default: this program].
     #[arg(long, value_name = "FILE")]
     pub binary: Option<PathBuf>,
+
+    /// The busybox the admin-box image (`kinit.local/admin-box`) is built from; without one
+    /// the image is skipped with a note (Debian: apt-get install -y busybox-static).
+    #[arg(long, value_name = "FILE", default_value = kinit_images::admin_box::DEFAULT_BUSYBOX)]
+    pub busybox: PathBuf,
 
     /// Observe every host and print the plan; change nothing (not even the state dir).
     #[arg(long)]
@@ -103,6 +110,9 @@ pub(crate) struct ApplyReport {
     cluster_info_changed: bool,
     /// Whether `kube-system/kinit-config` (settings for `kinit join`) was created or updated.
     cluster_config_changed: bool,
+    /// What the add-ons phase did, per add-on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    addons: Vec<AddonReport>,
     /// Anything on the cluster that failed outside a single host.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     errors: Vec<String>,
@@ -198,6 +208,28 @@ pub(crate) fn table(report: &ApplyReport) -> String {
                     "published"
                 } else {
                     "unchanged"
+                }
+            ));
+        }
+        for addon in &report.addons {
+            let kept: Vec<&str> = addon
+                .objects
+                .iter()
+                .filter(|o| o.action == ObjectAction::KeptUserEdit)
+                .map(|o| o.object.as_str())
+                .collect();
+            out.push_str(&format!(
+                "add-on {}: {}{}\n",
+                addon.addon,
+                if addon.changed() {
+                    "applied"
+                } else {
+                    "up to date"
+                },
+                if kept.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (kept your edits of {})", kept.join(", "))
                 }
             ));
         }
@@ -315,6 +347,29 @@ async fn registered_pod_cidrs(admin_kubeconfig: &Path) -> Option<BTreeMap<String
     }
 }
 
+/// The busybox for the admin-box image: `None` (with a note) when the default path is absent,
+/// an error when a path given explicitly is unusable.
+pub(crate) fn admin_box_busybox(path: &Path) -> anyhow::Result<Option<Binary>> {
+    match Binary::load(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(_) if path.as_os_str() == kinit_images::admin_box::DEFAULT_BUSYBOX => {
+            eprintln!(
+                "note: no admin-box image: busybox not found at {}; {}",
+                path.display(),
+                kinit_images::admin_box::INSTALL_HINT
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "cannot read busybox {}; {}",
+                path.display(),
+                kinit_images::admin_box::INSTALL_HINT
+            )
+        }),
+    }
+}
+
 /// Converges `selected` (hosts of `inventory`) and bootstraps the cluster through its API.
 pub(crate) async fn apply(
     args: &ApplySettings,
@@ -343,6 +398,8 @@ pub(crate) async fn apply(
     };
     let registered = registered_pod_cidrs(&real_state_dir.join("admin.conf")).await;
     let (state, pki) = ClusterState::prepare(inventory, &state_dir, registered.as_ref())?;
+    // Rendered before any host is touched: a bad setting fails here, not after the install.
+    let addon_objects = addons::rendered(inventory, &ClusterRenderContext::default().images)?;
     let pki_generated = pki
         .files
         .iter()
@@ -355,6 +412,7 @@ pub(crate) async fn apply(
     };
     let binary = Binary::load(&binary_path)
         .with_context(|| format!("cannot read the kinit binary {}", binary_path.display()))?;
+    let busybox = admin_box_busybox(&args.busybox)?;
 
     let mut hosts = Vec::new();
     let mut entries = Vec::new();
@@ -368,6 +426,7 @@ pub(crate) async fn apply(
             HostTarget {
                 binary: binary.clone(),
                 files,
+                busybox: busybox.clone(),
             },
         ));
         entries.push(entry);
@@ -427,6 +486,7 @@ pub(crate) async fn apply(
         api_ready_seconds: None,
         cluster_info_changed: false,
         cluster_config_changed: false,
+        addons: Vec::new(),
         errors: Vec::new(),
         changed: false,
         admin_kubeconfig: admin_kubeconfig.clone(),
@@ -465,6 +525,12 @@ pub(crate) async fn apply(
                 bootstrap::publish_cluster_info(&client, &kubeconfig).await?;
             report.cluster_config_changed =
                 bootstrap::publish_cluster_config(&client, &inventory.spec.cluster).await?;
+            for (addon, objects) in &addon_objects {
+                spinner.set_message(format!("applying the {addon} add-on"));
+                report
+                    .addons
+                    .push(addons::apply_objects(&client, addon, objects).await?);
+            }
             // A host whose phases failed is reported as such; waiting for its node is pointless.
             let names: Vec<String> = entries
                 .iter()
@@ -505,6 +571,7 @@ pub(crate) async fn apply(
     report.changed = pki_generated > 0
         || report.cluster_info_changed
         || report.cluster_config_changed
+        || report.addons.iter().any(AddonReport::changed)
         || summaries.iter().any(|s| !s.phases.is_empty());
     report.hosts = summaries;
     report.seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
@@ -562,6 +629,7 @@ mod tests {
             api_ready_seconds: Some(0.2),
             cluster_info_changed: false,
             cluster_config_changed: false,
+            addons: vec![],
             errors: vec![],
             changed,
             admin_kubeconfig: "/s/admin.conf".into(),
