@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 
 # etcd-server: the store's etcd backend is tested against a real etcd; vagrant: `vagrant validate`;
 # protobuf-compiler: the etcd client crate compiles etcd's protobuf API at build time.
-# containerd, runc, busybox: images and pods run in a private containerd the tests start.
-need_pkgs=(openssl debootstrap systemd-container iproute2 openssh-client nftables etcd-server vagrant protobuf-compiler containerd runc busybox)
+# containerd, runc, busybox-static: images and pods run in a private containerd the tests start;
+# busybox-static is also what the admin-box image is built from.
+need_pkgs=(openssl debootstrap systemd-container iproute2 openssh-client nftables etcd-server vagrant protobuf-compiler containerd runc busybox-static)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

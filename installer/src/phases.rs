@@ -114,6 +114,23 @@ pub struct HostTarget {
     pub binary: Binary,
     /// The host's desired files.
     pub files: Vec<DesiredFile>,
+    /// The busybox the admin-box image is built from (uploaded next to the image archives);
+    /// `None`: no admin-box image on this host.
+    pub busybox: Option<Binary>,
+}
+
+/// Where the Images phase puts the busybox it builds the admin-box image from.
+pub const BUSYBOX_PATH: &str = "/var/lib/kinit/images/busybox";
+
+impl HostTarget {
+    /// The images this host should have.
+    pub fn images(&self) -> Vec<KinitImage> {
+        let mut images = KinitImage::ALL.to_vec();
+        if self.busybox.is_some() {
+            images.push(KinitImage::AdminBox);
+        }
+        images
+    }
 }
 
 /// Errors of a phase, naming the host and the phase.
@@ -240,28 +257,43 @@ pub async fn plan<H: Host>(host: &H, target: &HostTarget) -> Result<HostPlan, Ph
     }
 
     let marker = host
-        .run(&format!("cat {IMAGES_DIR}/binary.sha256 2>/dev/null"))
+        .run(&format!(
+            "cat {IMAGES_DIR}/binary.sha256 2>/dev/null; echo; sha256sum {BUSYBOX_PATH} 2>/dev/null"
+        ))
         .await
         .map_err(exec(PhaseName::Images))?;
-    let imported_from = String::from_utf8_lossy(&marker.stdout).trim().to_string();
+    let marker = String::from_utf8_lossy(&marker.stdout).into_owned();
+    let mut marker_lines = marker.lines();
+    let imported_from = marker_lines.next().unwrap_or_default().trim().to_string();
+    let busybox_there = marker_lines
+        .filter_map(|l| l.split_whitespace().next())
+        .next()
+        .map(str::to_string);
+    let busybox_stale = target
+        .busybox
+        .as_ref()
+        .is_some_and(|b| busybox_there.as_deref() != Some(b.sha256.as_str()));
     let listed = host
         .run("ctr -n k8s.io images ls -q 2>/dev/null")
         .await
         .map_err(exec(PhaseName::Images))?;
     let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
     let tag = KinitImage::default_tag();
-    let missing: Vec<String> = KinitImage::ALL
+    let missing: Vec<String> = target
+        .images()
         .iter()
         .map(|i| i.reference(&tag))
         .filter(|r| !listed.lines().any(|l| l.trim() == r))
         .collect();
-    if imported_from != target.binary.sha256 || !missing.is_empty() {
+    if imported_from != target.binary.sha256 || !missing.is_empty() || busybox_stale {
         phases.push(PlannedPhase {
             phase: PhaseName::Images,
-            reason: if missing.is_empty() {
+            reason: if !missing.is_empty() {
+                format!("{} not in containerd", missing.join(", "))
+            } else if imported_from != target.binary.sha256 {
                 "the images were built from another kinit binary".into()
             } else {
-                format!("{} not in containerd", missing.join(", "))
+                "the admin box's busybox changed".into()
             },
         });
     }
@@ -354,10 +386,25 @@ pub async fn run_phase<H: Host>(
             .map_err(err),
         PhaseName::Images => {
             let tag = KinitImage::default_tag();
+            let images = target.images();
+            if let Some(busybox) = &target.busybox {
+                host.run_checked(&format!("mkdir -p -m 0700 {IMAGES_DIR}"))
+                    .await
+                    .map_err(exec(phase))?;
+                host.upload(
+                    UploadSource::File(&busybox.path),
+                    BUSYBOX_PATH,
+                    &kinit_executor::FileAttrs::mode(0o755),
+                )
+                .await
+                .map_err(exec(phase))?;
+            }
+            let names: Vec<&str> = images.iter().map(|i| i.name()).collect();
             let mut script = format!(
-                "set -e\nmkdir -p -m 0700 {IMAGES_DIR}\nprevious=$(cat {IMAGES_DIR}/binary.sha256 2>/dev/null || true)\n{BINARY_PATH} images build --out {IMAGES_DIR} --compression none >/dev/null\n"
+                "set -e\nmkdir -p -m 0700 {IMAGES_DIR}\nprevious=$(cat {IMAGES_DIR}/binary.sha256 2>/dev/null || true)\n{BINARY_PATH} images build --out {IMAGES_DIR} --compression none --busybox {BUSYBOX_PATH} --image {} >/dev/null\n",
+                names.join(",")
             );
-            for image in KinitImage::ALL {
+            for image in images {
                 script.push_str(&format!(
                     "ctr -n k8s.io images import --all-platforms {IMAGES_DIR}/{} >/dev/null\nrm -f {IMAGES_DIR}/{}\n",
                     archive_file_name(image, &tag),

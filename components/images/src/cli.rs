@@ -20,8 +20,8 @@ pub struct ImagesArgs {
 /// Subcommands of `kinit images`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum ImagesCommand {
-    /// Write one image archive per image (control-plane, pause, demoapp) into a directory.
-    /// Import one on a node with `ctr -n k8s.io images import FILE`.
+    /// Write one image archive per image (control-plane, pause, demoapp, admin-box) into a
+    /// directory. Import one on a node with `ctr -n k8s.io images import FILE`.
     Build(BuildArgs),
 }
 
@@ -55,9 +55,13 @@ pub struct BuildArgs {
     /// Image tag (must match the `images.*` settings the templates render).
     #[arg(long, default_value_t = KinitImage::default_tag())]
     pub tag: String,
-    /// Images to build (comma separated); all by default.
+    /// Images to build (comma separated); all by default (the admin box only when busybox is
+    /// there).
     #[arg(long = "image", value_enum, value_delimiter = ',')]
     pub images: Vec<KinitImage>,
+    /// The busybox binary the admin-box image is made of (Debian's busybox-static).
+    #[arg(long, value_name = "PATH", default_value = crate::admin_box::DEFAULT_BUSYBOX)]
+    pub busybox: PathBuf,
     /// Layer compression.
     #[arg(long, value_enum, default_value = "gzip")]
     pub compression: CompressionArg,
@@ -83,8 +87,29 @@ pub fn run_images(args: ImagesArgs) -> Result<BuildReport, ImageError> {
                     source,
                 })?,
             };
+            // The admin box is built when busybox is there; its absence is an error only when
+            // it was asked for by name or a path was given.
+            let asked = build.images.contains(&KinitImage::AdminBox)
+                || build.busybox.as_os_str() != crate::admin_box::DEFAULT_BUSYBOX;
+            let busybox = if build.busybox.is_file() {
+                Some(build.busybox.clone())
+            } else if asked {
+                return Err(ImageError::BusyboxMissing {
+                    path: build.busybox.clone(),
+                });
+            } else {
+                if build.images.is_empty() {
+                    eprintln!(
+                        "note: the admin-box image is skipped: busybox not found at {}; {}",
+                        build.busybox.display(),
+                        crate::admin_box::INSTALL_HINT
+                    );
+                }
+                None
+            };
             let options = BuildOptions {
                 binary,
+                busybox,
                 out_dir: build.out,
                 tag: build.tag,
                 images: build.images,
@@ -196,6 +221,7 @@ mod tests {
                 binary: Some("/bin/true".into()),
                 tag: "v0.0.1-test".into(),
                 images: vec![KinitImage::Demoapp],
+                busybox: crate::admin_box::DEFAULT_BUSYBOX.into(),
                 compression: CompressionArg::Gzip,
                 compression_level: 1,
                 source_date_epoch: 0,
@@ -220,6 +246,31 @@ mod tests {
         let table = render(&report, OutputFormat::Table).unwrap();
         assert!(table.contains("kinit.local/demoapp:v0.0.1-test"), "{table}");
         assert!(table.contains("built 1 image(s)"), "{table}");
+    }
+
+    #[test]
+    fn an_asked_for_admin_box_without_busybox_says_what_to_install() {
+        let out = tempfile::tempdir().unwrap();
+        let err = run_images(ImagesArgs {
+            command: ImagesCommand::Build(BuildArgs {
+                out: out.path().to_path_buf(),
+                binary: Some("/bin/true".into()),
+                tag: "v0.0.1-test".into(),
+                images: vec![KinitImage::AdminBox],
+                busybox: "/nonexistent/busybox".into(),
+                compression: CompressionArg::None,
+                compression_level: 1,
+                source_date_epoch: 0,
+                output: OutputFormat::Json,
+            }),
+        })
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("busybox not found at /nonexistent/busybox"),
+            "{text}"
+        );
+        assert!(text.contains("apt-get install -y busybox-static"), "{text}");
     }
 
     #[test]

@@ -43,15 +43,23 @@ pub enum KinitImage {
     Pause,
     /// `kinit.local/demoapp:<tag>`: `kinit demoapp`, a small HTTP app for tests and docs.
     Demoapp,
+    /// `kinit.local/admin-box:<tag>`: busybox's shell and tools for poking at a cluster from a
+    /// pod; built from the busybox binary given (see [`crate::admin_box`]), not from kinit.
+    AdminBox,
 }
 
 impl KinitImage {
-    /// All images, in build order.
+    /// The images built from the kinit executable, in build order.
     pub const ALL: [KinitImage; 3] = [
         KinitImage::ControlPlane,
         KinitImage::Pause,
         KinitImage::Demoapp,
     ];
+
+    /// Whether the image is made from the kinit executable (all but the admin box).
+    pub fn from_kinit(self) -> bool {
+        self != KinitImage::AdminBox
+    }
 
     /// Short name used in file names and output (`control-plane`, `pause`, `demoapp`).
     pub fn name(self) -> &'static str {
@@ -59,6 +67,7 @@ impl KinitImage {
             KinitImage::ControlPlane => "control-plane",
             KinitImage::Pause => "pause",
             KinitImage::Demoapp => "demoapp",
+            KinitImage::AdminBox => "admin-box",
         }
     }
 
@@ -68,6 +77,7 @@ impl KinitImage {
             KinitImage::ControlPlane => "kinit",
             KinitImage::Pause => "pause",
             KinitImage::Demoapp => "demoapp",
+            KinitImage::AdminBox => "admin-box",
         }
     }
 
@@ -101,6 +111,13 @@ impl KinitImage {
                     Some(NOBODY.to_string()),
                     vec![],
                     "kinit pod sandbox (infra container): kinit pause",
+                ),
+                KinitImage::AdminBox => (
+                    vec![],
+                    vec!["sh"],
+                    None,
+                    vec![],
+                    "kinit admin box: busybox's sh, wget, nslookup, nc, ping, ip, ps and more",
                 ),
                 KinitImage::Demoapp => {
                     env.push(format!("VERSION={tag}"));
@@ -164,6 +181,12 @@ pub fn kinit_rootfs(
     // name (see `kinit::main`), as busybox does for its applets.
     rootfs.add_dir("/bin", 0o755)?;
     rootfs.add_symlink("/bin/hostname", BINARY_PATH)?;
+    add_libraries(&mut rootfs, &deps)?;
+    Ok((rootfs, deps))
+}
+
+/// Adds `deps`' libraries and program interpreter at the paths the host's loader found them.
+pub(crate) fn add_libraries(rootfs: &mut RootFs, deps: &ElfDependencies) -> Result<(), ImageError> {
     for library in &deps.libraries {
         rootfs.add_host_file(&path_str(&library.path)?, &library.path, 0o755)?;
     }
@@ -188,7 +211,7 @@ pub fn kinit_rootfs(
             _ => {}
         }
     }
-    Ok((rootfs, deps))
+    Ok(())
 }
 
 fn path_str(path: &Path) -> Result<String, ImageError> {
@@ -208,8 +231,10 @@ pub struct BuildOptions {
     pub out_dir: PathBuf,
     /// Tag of every image (default [`KinitImage::default_tag`]).
     pub tag: String,
-    /// Which images (empty: all).
+    /// Which images (empty: those from kinit, plus the admin box when `busybox` is set).
     pub images: Vec<KinitImage>,
+    /// The busybox binary the admin box is built from.
+    pub busybox: Option<PathBuf>,
     /// Layer compression.
     pub compression: Compression,
     /// Unix time used for the config's `created` and every tar mtime (reproducible builds:
@@ -225,6 +250,7 @@ impl BuildOptions {
             out_dir: out_dir.into(),
             tag: KinitImage::default_tag(),
             images: Vec::new(),
+            busybox: None,
             compression: Compression::default(),
             source_date_epoch: 0,
         }
@@ -286,7 +312,11 @@ pub fn build_images_with(
 ) -> Result<BuildReport, ImageError> {
     let started = Instant::now();
     let images: Vec<KinitImage> = if options.images.is_empty() {
-        KinitImage::ALL.to_vec()
+        let mut all = KinitImage::ALL.to_vec();
+        if options.busybox.is_some() {
+            all.push(KinitImage::AdminBox);
+        }
+        all
     } else {
         let mut unique = options.images.clone();
         unique.dedup();
@@ -299,51 +329,77 @@ pub fn build_images_with(
         what: format!("output directory {}", options.out_dir.display()),
         source,
     })?;
-    let (rootfs, deps) = kinit_rootfs(&options.binary, resolver)?;
-    let arch: Arch = deps.kind.oci_arch().ok_or(ImageError::UnsupportedMachine {
-        path: options.binary.clone(),
-        machine: deps.kind.machine,
-    })?;
-    let extra_env: Vec<String> = match deps.extra_library_dirs() {
-        dirs if dirs.is_empty() => Vec::new(),
-        dirs => vec![format!(
-            "LD_LIBRARY_PATH={}",
-            dirs.iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(":")
-        )],
-    };
     let mtime = u64::try_from(options.source_date_epoch).unwrap_or(0);
-    let layer: Layer = rootfs.write_layer(&options.out_dir, options.compression, mtime)?;
     let created = rfc3339(options.source_date_epoch);
-
     let mut built = Vec::new();
-    for image in images {
-        let spec = image.spec(&options.tag, &extra_env);
-        let path = options.out_dir.join(archive_file_name(image, &options.tag));
-        let archived = write_archive(&path, &[spec], &layer, &arch, &created, mtime)?;
-        let size = fs::metadata(&path)
-            .map_err(|source| ImageError::Read {
-                path: path.clone(),
-                source,
-            })?
-            .len();
-        let archived = archived.into_iter().next().expect("one image per archive");
-        built.push(BuiltImage {
-            image,
-            reference: archived.reference,
-            manifest_digest: archived.manifest_digest,
-            config_digest: archived.config_digest,
-            layer_digest: format!("sha256:{}", layer.digest),
-            size,
-            unpacked_size: layer.uncompressed_size,
-            path,
-        });
+    let mut libraries = Vec::new();
+    // One layer per source: every kinit image shares the binary's, the admin box has its own.
+    for from_kinit in [true, false] {
+        let wanted: Vec<KinitImage> = images
+            .iter()
+            .copied()
+            .filter(|i| i.from_kinit() == from_kinit)
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let (source, (rootfs, deps)) = if from_kinit {
+            (
+                options.binary.clone(),
+                kinit_rootfs(&options.binary, resolver)?,
+            )
+        } else {
+            let busybox = options.busybox.clone().ok_or(ImageError::BusyboxMissing {
+                path: PathBuf::from(crate::admin_box::DEFAULT_BUSYBOX),
+            })?;
+            let built = crate::admin_box::rootfs(&busybox, resolver)?;
+            (busybox, built)
+        };
+        let arch: Arch = deps.kind.oci_arch().ok_or(ImageError::UnsupportedMachine {
+            path: source,
+            machine: deps.kind.machine,
+        })?;
+        let extra_env: Vec<String> = match deps.extra_library_dirs() {
+            dirs if dirs.is_empty() => Vec::new(),
+            dirs => vec![format!(
+                "LD_LIBRARY_PATH={}",
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":")
+            )],
+        };
+        let layer: Layer = rootfs.write_layer(&options.out_dir, options.compression, mtime)?;
+        for image in wanted {
+            let spec = image.spec(&options.tag, &extra_env);
+            let path = options.out_dir.join(archive_file_name(image, &options.tag));
+            let archived = write_archive(&path, &[spec], &layer, &arch, &created, mtime)?;
+            let size = fs::metadata(&path)
+                .map_err(|source| ImageError::Read {
+                    path: path.clone(),
+                    source,
+                })?
+                .len();
+            let archived = archived.into_iter().next().expect("one image per archive");
+            built.push(BuiltImage {
+                image,
+                reference: archived.reference,
+                manifest_digest: archived.manifest_digest,
+                config_digest: archived.config_digest,
+                layer_digest: format!("sha256:{}", layer.digest),
+                size,
+                unpacked_size: layer.uncompressed_size,
+                path,
+            });
+        }
+        libraries.extend(deps.libraries.iter().map(|l| l.path.clone()));
     }
+    built.sort_by_key(|b| images.iter().position(|i| *i == b.image));
+    libraries.sort();
+    libraries.dedup();
     Ok(BuildReport {
         images: built,
-        libraries: deps.libraries.iter().map(|l| l.path.clone()).collect(),
+        libraries,
         elapsed: started.elapsed(),
     })
 }
@@ -390,6 +446,58 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// The busybox the CI installs (Debian's busybox or busybox-static, both at /bin/busybox).
+    fn busybox() -> Option<PathBuf> {
+        let path = PathBuf::from(crate::admin_box::DEFAULT_BUSYBOX);
+        if path.is_file() {
+            return Some(path);
+        }
+        assert!(
+            std::env::var("KINIT_E2E").as_deref() != Ok("1"),
+            "/bin/busybox is missing: apt-get install -y busybox-static"
+        );
+        eprintln!("SKIPPED admin-box build test: /bin/busybox is missing");
+        None
+    }
+
+    #[test]
+    fn admin_box_is_busybox_with_its_applets_linked() {
+        let Some(busybox) = busybox() else { return };
+        let out = tempfile::tempdir().unwrap();
+        let mut options = BuildOptions::new(small_binary(), out.path());
+        options.busybox = Some(busybox);
+        options.images = vec![KinitImage::AdminBox, KinitImage::Pause];
+        let report = build_images(&options).unwrap();
+        assert_eq!(
+            report.images.iter().map(|i| i.image).collect::<Vec<_>>(),
+            [KinitImage::AdminBox, KinitImage::Pause]
+        );
+        let admin = &report.images[0];
+        assert_eq!(
+            admin.reference,
+            format!("kinit.local/admin-box:{}", KinitImage::default_tag())
+        );
+        // Its own layer: nothing of the kinit binary.
+        assert_ne!(admin.layer_digest, report.images[1].layer_digest);
+        let paths: BTreeMap<String, u32> = layer_paths(&admin.path).into_iter().collect();
+        for applet in [
+            "bin/sh",
+            "usr/bin/wget",
+            "usr/bin/nslookup",
+            "bin/ping",
+            "sbin/ip",
+            "bin/ps",
+            "usr/bin/nc",
+        ] {
+            assert!(paths.contains_key(applet), "{applet} missing: {paths:?}");
+        }
+        assert_eq!(paths["bin/busybox"] & 0o777, 0o755);
+        assert!(!paths.contains_key("usr/local/bin/kinit"));
+        let spec = KinitImage::AdminBox.spec("v1", &[]);
+        assert_eq!(spec.cmd, vec!["sh"]);
+        assert!(spec.entrypoint.is_empty());
     }
 
     #[test]

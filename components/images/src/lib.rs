@@ -2,13 +2,15 @@
 //! the control plane.
 //!
 //! - [`build_images`] writes `kinit.local/kinit:<tag>` (control plane), `kinit.local/pause:<tag>`
-//!   (pod sandbox) and `kinit.local/demoapp:<tag>` as archives that are both OCI image layouts
+//!   (pod sandbox), `kinit.local/demoapp:<tag>` and, from a busybox binary,
+//!   `kinit.local/admin-box:<tag>` ([`admin_box`]) as archives that are both OCI image layouts
 //!   and `docker save` archives; `ctr -n k8s.io images import FILE` loads them, no registry
 //!   needed. The root filesystem is the binary, the shared libraries it needs (read from its
 //!   ELF `PT_INTERP`/`DT_NEEDED`, see [`elf`]) and a minimal `/etc`.
 //! - [`run_pause`] is `kinit pause`, the infra container; [`run_demoapp`] is `kinit demoapp`.
 //! - [`run_images`] is `kinit images build`.
 
+pub mod admin_box;
 pub mod archive;
 pub mod cli;
 pub mod demoapp;
@@ -90,6 +92,26 @@ pub enum ImageError {
         /// The reference.
         reference: String,
         /// What is wrong.
+        reason: String,
+    },
+    /// The admin box needs a busybox binary that is not there.
+    #[error(
+        "busybox not found at {path} (the admin-box image is built from it); {}",
+        admin_box::INSTALL_HINT
+    )]
+    BusyboxMissing {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// The binary given as busybox does not behave like one.
+    #[error(
+        "{path} is not a usable busybox: {reason}; {}",
+        admin_box::INSTALL_HINT
+    )]
+    NotBusybox {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
         reason: String,
     },
     /// JSON serialization failed.

@@ -194,7 +194,17 @@ async fn join(args: &JoinArgs) -> anyhow::Result<JoinReport> {
     };
     let binary = Binary::load(&binary_path)
         .with_context(|| format!("cannot read the kinit binary {}", binary_path.display()))?;
-    let hosts = vec![(local, HostTarget { binary, files })];
+    let busybox = crate::cmd::apply::admin_box_busybox(std::path::Path::new(
+        kinit_images::admin_box::DEFAULT_BUSYBOX,
+    ))?;
+    let hosts = vec![(
+        local,
+        HostTarget {
+            binary,
+            files,
+            busybox,
+        },
+    )];
     let outcome = converge(
         &hosts,
         ConvergeOptions {
