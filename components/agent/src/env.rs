@@ -1,9 +1,9 @@
-//! Container environment: values, `$(VAR)` expansion, envFrom, configMapKeyRef, secretKeyRef,
-//! fieldRef and resourceFieldRef.
+//! Container environment: service links (`<SVC>_SERVICE_HOST`, …), values, `$(VAR)` expansion,
+//! envFrom, configMapKeyRef, secretKeyRef, fieldRef and resourceFieldRef.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod, ResourceFieldSelector};
+use k8s_openapi::api::core::v1::{Container, Pod, ResourceFieldSelector, Service};
 
 use crate::quantity;
 use crate::sources::ObjectSource;
@@ -146,6 +146,90 @@ pub fn expand(input: &str, vars: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// The variables the kubelet derives from Services: for every Service with a cluster IP in the
+/// pod's namespace (when `enableServiceLinks` is not false) plus the API's own `kubernetes`
+/// Service of `default` (always, so in-cluster clients find the API), `<NAME>_SERVICE_HOST`,
+/// `<NAME>_SERVICE_PORT`, `<NAME>_SERVICE_PORT_<PORT>` per named port, and the Docker-link style
+/// `<NAME>_PORT`, `<NAME>_PORT_<port>_<PROTO>{,_PROTO,_PORT,_ADDR}`. `<NAME>` is the Service
+/// name upper-cased with `-` as `_`. Services are given in any order; names sort the output.
+pub fn service_links(
+    pod: &Pod,
+    namespace_services: &[Service],
+    master: Option<&Service>,
+) -> Vec<(String, String)> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
+    let mut chosen: BTreeMap<String, &Service> = BTreeMap::new();
+    // The kubelet always adds the master Service; a same-named Service of the pod's own
+    // namespace takes precedence over it.
+    if let Some(master) = master {
+        chosen.insert("kubernetes".into(), master);
+    }
+    if links {
+        for svc in namespace_services
+            .iter()
+            .filter(|s| s.metadata.namespace.as_deref().unwrap_or("default") == ns)
+        {
+            if let Some(name) = &svc.metadata.name {
+                chosen.insert(name.clone(), svc);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (name, svc) in chosen {
+        let Some(spec) = &svc.spec else { continue };
+        let Some(ip) = spec
+            .cluster_ip
+            .as_deref()
+            .filter(|ip| !ip.is_empty() && *ip != "None")
+        else {
+            continue;
+        };
+        let prefix = name.to_uppercase().replace('-', "_");
+        let ports = spec.ports.as_deref().unwrap_or_default();
+        let host_port = |port: i32| match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
+            _ => format!("{ip}:{port}"),
+        };
+        out.push((format!("{prefix}_SERVICE_HOST"), ip.to_string()));
+        if let Some(first) = ports.first() {
+            out.push((format!("{prefix}_SERVICE_PORT"), first.port.to_string()));
+        }
+        for p in ports {
+            if let Some(port_name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                out.push((
+                    format!(
+                        "{prefix}_SERVICE_PORT_{}",
+                        port_name.to_uppercase().replace('-', "_")
+                    ),
+                    p.port.to_string(),
+                ));
+            }
+        }
+        if let Some(first) = ports.first() {
+            let proto = first.protocol.as_deref().unwrap_or("TCP").to_lowercase();
+            out.push((
+                format!("{prefix}_PORT"),
+                format!("{proto}://{}", host_port(first.port)),
+            ));
+        }
+        for p in ports {
+            let proto = p.protocol.as_deref().unwrap_or("TCP");
+            let base = format!("{prefix}_PORT_{}_{}", p.port, proto.to_uppercase());
+            let lower = proto.to_lowercase();
+            out.push((base.clone(), format!("{lower}://{}", host_port(p.port))));
+            out.push((format!("{base}_PROTO"), lower));
+            out.push((format!("{base}_PORT"), p.port.to_string()));
+            out.push((format!("{base}_ADDR"), ip.to_string()));
+        }
+    }
+    out
+}
+
 /// The container's environment in order, ready for CRI.
 pub async fn resolve(
     pod: &Pod,
@@ -163,6 +247,29 @@ pub async fn resolve(
         }
         vars.insert(k, v);
     };
+    // Service links come first, so the container's own variables override them and `$(VAR)`
+    // can refer to them, as with the kubelet. Without an answer from the API the container
+    // starts without them rather than not at all.
+    let namespace_services = sources.services(ns).await.unwrap_or_else(|e| {
+        tracing::warn!("service environment variables left out: {e}");
+        Vec::new()
+    });
+    let master = if ns == "default" {
+        namespace_services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some("kubernetes"))
+            .cloned()
+    } else {
+        sources
+            .services("default")
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .find(|s| s.metadata.name.as_deref() == Some("kubernetes"))
+    };
+    for (k, v) in service_links(pod, &namespace_services, master.as_ref()) {
+        set(&mut vars, k, v);
+    }
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         if let Some(r) = &from.config_map_ref {
@@ -275,6 +382,82 @@ pub async fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn service(ns: &str, name: &str, ip: &str, ports: serde_json::Value) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": ip, "ports": ports}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn service_links_match_the_kubelets() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"containers": [{"name": "c"}]}
+        }))
+        .unwrap();
+        let master = service(
+            "default",
+            "kubernetes",
+            "10.96.0.1",
+            serde_json::json!([{"name": "https", "port": 443, "protocol": "TCP"}]),
+        );
+        let services = vec![
+            service(
+                "shop",
+                "web-db",
+                "10.96.3.4",
+                serde_json::json!([{"name": "sql", "port": 3306}, {"name": "metrics-x", "port": 9104, "protocol": "UDP"}]),
+            ),
+            service(
+                "shop",
+                "headless",
+                "None",
+                serde_json::json!([{"port": 80}]),
+            ),
+            service(
+                "other",
+                "elsewhere",
+                "10.96.9.9",
+                serde_json::json!([{"port": 80}]),
+            ),
+        ];
+        let env: BTreeMap<String, String> = service_links(&pod, &services, Some(&master))
+            .into_iter()
+            .collect();
+        assert_eq!(env["KUBERNETES_SERVICE_HOST"], "10.96.0.1");
+        assert_eq!(env["KUBERNETES_SERVICE_PORT"], "443");
+        assert_eq!(env["KUBERNETES_SERVICE_PORT_HTTPS"], "443");
+        assert_eq!(env["KUBERNETES_PORT"], "tcp://10.96.0.1:443");
+        assert_eq!(env["KUBERNETES_PORT_443_TCP_ADDR"], "10.96.0.1");
+        assert_eq!(env["WEB_DB_SERVICE_HOST"], "10.96.3.4");
+        assert_eq!(env["WEB_DB_SERVICE_PORT"], "3306");
+        assert_eq!(env["WEB_DB_SERVICE_PORT_SQL"], "3306");
+        assert_eq!(env["WEB_DB_SERVICE_PORT_METRICS_X"], "9104");
+        assert_eq!(env["WEB_DB_PORT"], "tcp://10.96.3.4:3306");
+        assert_eq!(env["WEB_DB_PORT_9104_UDP"], "udp://10.96.3.4:9104");
+        assert_eq!(env["WEB_DB_PORT_9104_UDP_PROTO"], "udp");
+        assert_eq!(env["WEB_DB_PORT_9104_UDP_PORT"], "9104");
+        assert!(!env.keys().any(|k| k.starts_with("HEADLESS_")), "{env:?}");
+        assert!(!env.keys().any(|k| k.starts_with("ELSEWHERE_")), "{env:?}");
+
+        // enableServiceLinks: false keeps only the master Service.
+        let mut quiet = pod.clone();
+        quiet.spec.as_mut().unwrap().enable_service_links = Some(false);
+        let env: BTreeMap<String, String> = service_links(&quiet, &services, Some(&master))
+            .into_iter()
+            .collect();
+        assert!(env.contains_key("KUBERNETES_SERVICE_HOST"));
+        assert!(!env.contains_key("WEB_DB_SERVICE_HOST"));
+
+        // IPv6 cluster IPs are bracketed in the URL forms.
+        let v6 = service("shop", "v6", "fd00::10", serde_json::json!([{"port": 80}]));
+        let env: BTreeMap<String, String> = service_links(&pod, &[v6], None).into_iter().collect();
+        assert_eq!(env["V6_PORT"], "tcp://[fd00::10]:80");
+        assert_eq!(env["V6_PORT_80_TCP_ADDR"], "fd00::10");
+    }
 
     #[test]
     fn expansion() {

@@ -9,6 +9,7 @@
 pub mod apisource;
 pub mod config;
 pub mod env;
+pub mod etc_hosts;
 pub mod fake;
 pub mod manager;
 pub mod node;

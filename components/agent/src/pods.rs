@@ -619,7 +619,7 @@ async fn start_container(
     };
     let empty = BTreeMap::new();
     let vols = state.volumes.as_ref().map(|(v, _)| v).unwrap_or(&empty);
-    let mounts = match spec::mounts(c, vols) {
+    let mut mounts = match spec::mounts(c, vols) {
         Ok(m) => m,
         Err(e) => {
             state.waiting.insert(
@@ -629,6 +629,27 @@ async fn start_container(
             return;
         }
     };
+    if crate::etc_hosts::wanted(&mounts) {
+        match crate::etc_hosts::write(
+            &ctx.settings.config.root_dir,
+            pod,
+            &facts.pod_ip,
+            &ctx.settings.config.cluster_domain,
+        ) {
+            Ok(path) => mounts.push(k8s_cri::v1::Mount {
+                container_path: crate::etc_hosts::CONTAINER_PATH.into(),
+                host_path: path.to_string_lossy().into_owned(),
+                ..Default::default()
+            }),
+            Err(e) => {
+                state.waiting.insert(
+                    c.name.clone(),
+                    ("CreateContainerConfigError".into(), e.to_string()),
+                );
+                return;
+            }
+        }
+    }
     let mut config = spec::container_config(ctx.settings, pod, c, attempt, &env, mounts);
     config
         .annotations

@@ -36,6 +36,20 @@ impl ObjectSource for Objects {
     fn cluster_ca(&self) -> Option<String> {
         None
     }
+    async fn services(
+        &self,
+        ns: &str,
+    ) -> Result<Vec<k8s_openapi::api::core::v1::Service>, AgentError> {
+        Ok(if ns == "default" {
+            vec![serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "kubernetes", "namespace": "default"},
+                "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP"}]}
+            }))
+            .unwrap()]
+        } else {
+            Vec::new()
+        })
+    }
 }
 
 struct Harness {
@@ -127,6 +141,60 @@ fn backoff_doubles_and_caps() {
     // After a long quiet period the back-off starts over.
     let reset = Backoff::next(Some(&e), 11 * 60 * S);
     assert_eq!(reset.delay, BACKOFF_INITIAL);
+}
+
+#[tokio::test]
+async fn containers_get_service_links_and_the_managed_hosts_file() {
+    let mut h = Harness::new();
+    let p = pod(serde_json::json!({
+        "hostAliases": [{"ip": "10.1.2.3", "hostnames": ["legacy.db"]}],
+        "containers": [
+            {"name": "app", "image": "busybox:1", "env": [{"name": "API", "value": "https://$(KUBERNETES_SERVICE_HOST)"}]},
+            {"name": "own-hosts", "image": "busybox:1", "volumeMounts": [{"name": "h", "mountPath": "/etc/hosts"}]}
+        ],
+        "volumes": [{"name": "h", "emptyDir": {}}]
+    }));
+    h.sync(&p).await;
+    let configs = h.rt.container_configs();
+    let app = configs
+        .iter()
+        .find(|c| c.metadata.as_ref().unwrap().name == "app")
+        .unwrap();
+    let env: BTreeMap<&str, &str> = app
+        .envs
+        .iter()
+        .map(|kv| (kv.key.as_str(), kv.value.as_str()))
+        .collect();
+    assert_eq!(env["KUBERNETES_SERVICE_HOST"], "10.96.0.1");
+    assert_eq!(env["KUBERNETES_SERVICE_PORT"], "443");
+    assert_eq!(
+        env["API"], "https://10.96.0.1",
+        "service links expand in env values"
+    );
+    let hosts = app
+        .mounts
+        .iter()
+        .find(|m| m.container_path == "/etc/hosts")
+        .expect("the managed hosts file is mounted");
+    let text = std::fs::read_to_string(&hosts.host_path).unwrap();
+    assert!(text.contains("10.1.2.3\tlegacy.db"), "{text}");
+    assert!(text.contains("\tp\n"), "the pod's own name: {text}");
+    let own = configs
+        .iter()
+        .find(|c| c.metadata.as_ref().unwrap().name == "own-hosts")
+        .unwrap();
+    let mounted: Vec<&str> = own
+        .mounts
+        .iter()
+        .filter(|m| m.container_path == "/etc/hosts")
+        .map(|m| m.host_path.as_str())
+        .collect();
+    assert_eq!(
+        mounted.len(),
+        1,
+        "only the container's own mount: {mounted:?}"
+    );
+    assert!(!mounted[0].ends_with("etc-hosts"), "{mounted:?}");
 }
 
 #[tokio::test]

@@ -3,8 +3,9 @@
 
 use async_trait::async_trait;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::reflector::Store;
 
 use crate::AgentError;
 
@@ -26,6 +27,11 @@ pub trait ObjectSource: Send + Sync + 'static {
     /// The cluster CA (PEM) for `ca.crt` in projected service-account volumes, used when the
     /// namespace's `kube-root-ca.crt` ConfigMap is absent.
     fn cluster_ca(&self) -> Option<String>;
+    /// The Services of namespace `ns`, for the containers' service environment variables.
+    /// Sources without an API have none (static pods start without them, as the kubelet's).
+    async fn services(&self, _ns: &str) -> Result<Vec<Service>, AgentError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Resolves references through the API server as `system:node:<name>`.
@@ -33,12 +39,24 @@ pub trait ObjectSource: Send + Sync + 'static {
 pub struct ApiObjects {
     client: kube::Client,
     ca_pem: Option<String>,
+    services: Option<Store<Service>>,
 }
 
 impl ApiObjects {
     /// Uses `client`; `ca_pem` is the cluster CA from the agent's kubeconfig.
     pub fn new(client: kube::Client, ca_pem: Option<String>) -> ApiObjects {
-        ApiObjects { client, ca_pem }
+        ApiObjects {
+            client,
+            ca_pem,
+            services: None,
+        }
+    }
+
+    /// Reads Services from `store` (the service proxy's cache) once it has its first list,
+    /// instead of listing them per container start.
+    pub fn with_service_cache(mut self, store: Store<Service>) -> ApiObjects {
+        self.services = Some(store);
+        self
     }
 }
 
@@ -100,6 +118,25 @@ impl ObjectSource for ApiObjects {
 
     fn cluster_ca(&self) -> Option<String> {
         self.ca_pem.clone()
+    }
+
+    async fn services(&self, ns: &str) -> Result<Vec<Service>, AgentError> {
+        let ready = |s: &&Store<Service>| {
+            futures::FutureExt::now_or_never(s.wait_until_ready()).is_some_and(|r| r.is_ok())
+        };
+        if let Some(store) = self.services.as_ref().filter(ready) {
+            return Ok(store
+                .state()
+                .iter()
+                .filter(|s| s.metadata.namespace.as_deref() == Some(ns))
+                .map(|s| (**s).clone())
+                .collect());
+        }
+        Api::<Service>::namespaced(self.client.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .map_err(|e| AgentError::api(&format!("listing the services of namespace {ns}"), e))
     }
 }
 
