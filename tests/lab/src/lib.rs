@@ -28,6 +28,9 @@ pub use state::{HostState, LabPhase, LabState};
 
 /// The lab's bridge address; hosts use it as their default gateway.
 pub const GATEWAY: &str = "10.88.0.1";
+
+/// Every lab host's `/etc/resolv.conf`: the bridge address is its only DNS server.
+pub const RESOLV_CONF: &str = "nameserver 10.88.0.1\n";
 /// Prefix length of the lab network.
 pub const PREFIX_LEN: u8 = 24;
 /// Last octet of the first host's address (10.88.0.11, .12, …).
@@ -510,13 +513,17 @@ fn populate_root(
 ) -> Result<(), LabError> {
     let root = &host.root;
     let machine_id = hex::encode(rand::random::<[u8; 16]>());
-    let files: [(&str, Vec<u8>, u32); 5] = [
+    let files: [(&str, Vec<u8>, u32); 6] = [
         (
             "etc/hostname",
             format!("{}\n", host.name).into_bytes(),
             0o644,
         ),
         ("etc/hosts", etc_hosts.as_bytes().to_vec(), 0o644),
+        // The base image carries the build machine's resolver; lab hosts must only ever send
+        // traffic to the lab bridge, so their DNS server is the bridge address (tests that need
+        // an upstream answer there).
+        ("etc/resolv.conf", RESOLV_CONF.as_bytes().to_vec(), 0o644),
         (
             "etc/machine-id",
             format!("{machine_id}\n").into_bytes(),
