@@ -307,6 +307,7 @@ pub fn render_context(
             node_cidr_mask_size: cluster.node_cidr_mask_size,
             cluster_domain: cluster.dns_domain.clone(),
             cluster_dns_ip: inventory.cluster_dns_ip(),
+            cni_mode: inventory.spec.cluster.cni.mode.as_str().to_string(),
             api_server_port: API_SERVER_PORT,
             service_account_issuer: format!(
                 "https://kubernetes.default.svc.{}",

@@ -50,6 +50,8 @@ pub struct ClusterSettings {
     pub cluster_domain: String,
     /// Service IP of the cluster DNS, inside `service_cidr`.
     pub cluster_dns_ip: IpAddr,
+    /// How pod traffic crosses nodes: `auto`, `host-gw` or `vxlan`.
+    pub cni_mode: String,
     /// Secure port of every API server (`--secure-port`), usually 6443.
     pub api_server_port: u16,
     /// Service-account token issuer URL (`--service-account-issuer`).
@@ -234,6 +236,7 @@ impl Default for ClusterRenderContext {
                 node_cidr_mask_size: 24,
                 cluster_domain: "cluster.local".into(),
                 cluster_dns_ip: IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)),
+                cni_mode: "auto".into(),
                 api_server_port: 6443,
                 service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
                 etcd: None,

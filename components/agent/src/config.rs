@@ -64,6 +64,19 @@ pub enum CgroupDriver {
     Cgroupfs,
 }
 
+/// How pod traffic crosses nodes (the inventory's `cluster.cni.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CniMode {
+    /// host-gw while every node shares the uplink subnet, VXLAN otherwise.
+    #[default]
+    Auto,
+    /// A route per node's pod range via its address.
+    HostGw,
+    /// VXLAN (VNI 1, UDP 8472).
+    Vxlan,
+}
+
 /// Resources held back from pods (`systemReserved` + `kubeReserved` in the kubelet).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +115,21 @@ pub struct AgentConfiguration {
     /// Cluster domain (search path `<ns>.svc.<domain>`).
     #[serde(default = "default_cluster_domain")]
     pub cluster_domain: String,
+    /// The whole cluster's pod network: routes to other nodes' ranges are kept inside it, and
+    /// traffic from outside it to a ClusterIP is masqueraded (kube-proxy's `clusterCIDR`).
+    /// Without it the agent keeps no pod routes and runs no service proxy.
+    #[serde(rename = "clusterCIDR", default)]
+    pub cluster_cidr: Option<ipnet::IpNet>,
+    /// The Service range (`--service-cluster-ip-range`).
+    #[serde(rename = "serviceCIDR", default)]
+    pub service_cidr: Option<ipnet::IpNet>,
+    /// How pod traffic crosses nodes.
+    #[serde(default)]
+    pub cni_mode: CniMode,
+    /// Whether the agent runs the service proxy (nftables); off when another proxy serves
+    /// Services on this node.
+    #[serde(default = "default_true")]
+    pub service_proxy: bool,
     /// Cgroup driver.
     #[serde(default)]
     pub cgroup_driver: CgroupDriver,
@@ -147,6 +175,9 @@ pub struct AgentConfiguration {
     pub static_pod_rescan_seconds: u64,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_manifest_path() -> PathBuf {
     "/etc/kubernetes/manifests".into()
 }
@@ -319,6 +350,10 @@ mod tests {
         assert_eq!(config.cgroup_driver, CgroupDriver::Systemd);
         assert_eq!(config.cgroup_parent, "kubepods.slice");
         assert_eq!(config.cluster_dns, vec!["10.96.0.10".to_string()]);
+        assert_eq!(config.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
+        assert_eq!(config.service_cidr, Some("10.96.0.0/12".parse().unwrap()));
+        assert_eq!(config.cni_mode, CniMode::Auto);
+        assert!(config.service_proxy);
         assert_eq!(
             config
                 .node_labels
