@@ -1,6 +1,6 @@
 //! Objects every cluster has, created at start when missing: the system namespaces, their
-//! `default` service accounts, the `kubernetes` service with its Endpoints/EndpointSlice, and
-//! the default RBAC policy.
+//! `default` service accounts, the `kubernetes` service with its Endpoints/EndpointSlice, the
+//! system PriorityClasses and the default RBAC policy.
 //!
 //! The `default` ServiceAccount of each namespace is created by the API server itself when the
 //! namespace is created (Kubernetes does this in its service-account controller).
@@ -83,7 +83,39 @@ pub async fn run(state: &Arc<State>, advertise: IpAddr, port: u16) -> Result<(),
         ensure_default_service_account(state, ns).await;
     }
     kubernetes_service(state, advertise, port).await?;
+    system_priority_classes(state).await?;
     default_policy(state).await
+}
+
+/// The two PriorityClasses every Kubernetes API server creates, which add-ons such as cluster
+/// DNS name (`priorityClassName: system-cluster-critical`).
+async fn system_priority_classes(state: &Arc<State>) -> Result<(), ApiServerError> {
+    let classes = [
+        (
+            "system-node-critical",
+            2_000_001_000,
+            "Used for system critical pods that must not be moved from their current node.",
+        ),
+        (
+            "system-cluster-critical",
+            2_000_000_000,
+            "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+        ),
+    ];
+    for (name, value, description) in classes {
+        let obj = json!({
+            "metadata": new_meta(name, None),
+            "value": value,
+            "globalDefault": false,
+            "description": description,
+            "preemptionPolicy": "PreemptLowerPriority",
+        });
+        let def = registry::find("scheduling.k8s.io", "v1", "priorityclasses").expect("served");
+        create_if_missing(state, def, "", name, obj)
+            .await
+            .map_err(bootstrap_err("system priority classes"))?;
+    }
+    Ok(())
 }
 
 async fn kubernetes_service(

@@ -809,6 +809,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         namespaced: false,
         short_names: &["pc"],
         normalize: normalize::<sched::PriorityClass>,
+        printer: &tables::PRIORITY_CLASS,
         ..BASE
     },
     ResourceDef {

@@ -710,6 +710,29 @@ pub const SERVICE_ACCOUNT: Printer = Printer {
     cells: |o, now| vec![name(o), json!(arr(o, "/secrets").len()), age(o, now)],
 };
 
+/// PriorityClasses: NAME VALUE GLOBAL-DEFAULT AGE PREEMPTIONPOLICY.
+pub const PRIORITY_CLASS: Printer = Printer {
+    columns: &[
+        NAME,
+        col("Value", "integer", 0, "Value is the integer value of this priority class."),
+        col("Global-Default", "boolean", 0, "globalDefault specifies whether this PriorityClass should be considered as the default priority."),
+        AGE,
+        col("PreemptionPolicy", "string", 0, "PreemptionPolicy is the Policy for preempting pods with lower priority."),
+    ],
+    cells: |o, now| {
+        vec![
+            name(o),
+            json!(i(o, "/value")),
+            json!(o.pointer("/globalDefault").and_then(Value::as_bool).unwrap_or(false)),
+            age(o, now),
+            json!(match s(o, "/preemptionPolicy") {
+                "" => "PreemptLowerPriority",
+                p => p,
+            }),
+        ]
+    },
+};
+
 /// Events: LAST SEEN TYPE REASON OBJECT MESSAGE (+ subobject, source, first seen, count, name).
 pub const EVENT: Printer = Printer {
     columns: &[

@@ -202,6 +202,9 @@ fn script(c: &Cluster) {
     for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         assert_eq!(row(&ns, n)[1], "Active");
     }
+    let classes = c.ok(&["get", "priorityclasses"]);
+    assert_eq!(row(&classes, "system-cluster-critical")[1], "2000000000");
+    assert_eq!(row(&classes, "system-node-critical")[1], "2000001000");
     let svc = c.ok(&["get", "services"]);
     assert_eq!(
         header(&svc),
