@@ -7,6 +7,8 @@
 //! - `GET /livez`    200 `ok`, or 500 once `/fail` was called or `--fail-liveness-after`
 //!   elapsed, so liveness-probe restarts can be shown
 //! - `POST|GET /fail` makes `/livez` fail from now on
+//! - `GET /readyz`   200 `ok`, or 503 after `POST /readyz` with the body `readyz=FAIL` (and
+//!   200 again after `readyz=OK`), so a pod can be taken out of its Services by hand
 //! - `GET /version`  the configured version (`VERSION`), so a rollout or `rollout undo` is visible
 
 use std::future::Future;
@@ -85,6 +87,7 @@ pub struct DemoApp {
     started: Instant,
     requests: AtomicU64,
     failing: AtomicBool,
+    unready: AtomicBool,
 }
 
 /// What `GET /` answers (as JSON, or as one line of text).
@@ -110,6 +113,7 @@ impl DemoApp {
             started: Instant::now(),
             requests: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            unready: AtomicBool::new(false),
         })
     }
 
@@ -133,6 +137,7 @@ pub fn router(app: Arc<DemoApp>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/livez", get(livez))
         .route("/fail", get(fail).post(fail))
+        .route("/readyz", get(readyz).post(set_readyz))
         .route("/version", get(version))
         .with_state(app)
 }
@@ -189,6 +194,39 @@ async fn fail(State(app): State<Arc<DemoApp>>) -> &'static str {
     app.failing.store(true, Ordering::Relaxed);
     tracing::warn!("/fail called: /livez fails from now on");
     "/livez fails from now on\n"
+}
+
+async fn readyz(State(app): State<Arc<DemoApp>>) -> Response {
+    if app.unready.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: readyz=FAIL was posted\n",
+        )
+            .into_response()
+    } else {
+        "ok\n".into_response()
+    }
+}
+
+/// `POST /readyz` with the form body `readyz=FAIL` or `readyz=OK` (as the seeds' demoapp takes
+/// it) makes `/readyz` fail or pass, so a pod can be taken out of its Services by hand.
+async fn set_readyz(State(app): State<Arc<DemoApp>>, body: String) -> Response {
+    match body.trim() {
+        "readyz=FAIL" => {
+            app.unready.store(true, Ordering::Relaxed);
+            tracing::warn!("readyz=FAIL posted: /readyz fails from now on");
+            "/readyz fails from now on\n".into_response()
+        }
+        "readyz=OK" => {
+            app.unready.store(false, Ordering::Relaxed);
+            "/readyz passes from now on\n".into_response()
+        }
+        other => (
+            StatusCode::BAD_REQUEST,
+            format!("expected the body readyz=FAIL or readyz=OK, got {other:?}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn version(State(app): State<Arc<DemoApp>>) -> String {
@@ -323,6 +361,32 @@ mod tests {
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(text.contains("/fail"), "{text}");
         assert_eq!(call(&app, "GET", "/healthz", None).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_what_was_posted() {
+        let app = app();
+        let post = |body: &'static str| {
+            let app = app.clone();
+            async move {
+                let request = Request::builder()
+                    .method("POST")
+                    .uri("/readyz")
+                    .body(Body::from(body))
+                    .unwrap();
+                router(app).oneshot(request).await.unwrap().status()
+            }
+        };
+        assert_eq!(call(&app, "GET", "/readyz", None).await.0, StatusCode::OK);
+        assert_eq!(post("readyz=FAIL").await, StatusCode::OK);
+        assert_eq!(
+            call(&app, "GET", "/readyz", None).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(call(&app, "GET", "/livez", None).await.0, StatusCode::OK);
+        assert_eq!(post("nonsense").await, StatusCode::BAD_REQUEST);
+        assert_eq!(post("readyz=OK").await, StatusCode::OK);
+        assert_eq!(call(&app, "GET", "/readyz", None).await.0, StatusCode::OK);
     }
 
     #[tokio::test]
