@@ -1,8 +1,8 @@
 //! `kinit demoapp`: a tiny HTTP server for tests, tutorials and docs, in the spirit of the
 //! Kubernetes tutorial apps.
 //!
-//! - `GET /`         hostname, pod name/IP, version and a request count (JSON when the client
-//!   sends `Accept: application/json`, one line of text otherwise)
+//! - `GET /`         hostname, pod name/IP, version, a request count and the client's address
+//!   (JSON when the client sends `Accept: application/json`, one line of text otherwise)
 //! - `GET /healthz`  200 `ok` (readiness)
 //! - `GET /livez`    200 `ok`, or 500 once `/fail` was called or `--fail-liveness-after`
 //!   elapsed, so liveness-probe restarts can be shown
@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Serialize;
 
 /// Flags of `kinit demoapp`.
@@ -103,6 +103,8 @@ pub struct Greeting {
     pub version: String,
     /// Requests to `/` served by this process, this one included.
     pub requests: u64,
+    /// The address the request came from, as this pod sees it (shows whether a hop NATed it).
+    pub client: String,
 }
 
 impl DemoApp {
@@ -148,8 +150,15 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-async fn root(State(app): State<Arc<DemoApp>>, headers: HeaderMap) -> Response {
+async fn root(
+    State(app): State<Arc<DemoApp>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+) -> Response {
     let greeting = Greeting {
+        client: peer
+            .map(|Extension(ConnectInfo(addr))| addr.ip().to_string())
+            .unwrap_or_default(),
         hostname: hostname(),
         pod_name: app.args.pod_name.clone(),
         pod_ip: app.args.pod_ip.clone(),
@@ -164,12 +173,13 @@ async fn root(State(app): State<Arc<DemoApp>>, headers: HeaderMap) -> Response {
         Json(greeting).into_response()
     } else {
         format!(
-            "Hello from kinit demoapp {} | host: {} | pod: {} | ip: {} | requests: {}\n",
+            "Hello from kinit demoapp {} | host: {} | pod: {} | ip: {} | requests: {} | client: {}\n",
             greeting.version,
             greeting.hostname,
             or_dash(&greeting.pod_name),
             or_dash(&greeting.pod_ip),
-            greeting.requests
+            greeting.requests,
+            or_dash(&greeting.client)
         )
         .into_response()
     }
@@ -240,10 +250,13 @@ pub async fn serve(
     app: Arc<DemoApp>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DemoAppError> {
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(DemoAppError::Serve)
+    axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(DemoAppError::Serve)
 }
 
 /// Runs `kinit demoapp`: listens on `--bind-address:--port` and serves until SIGTERM or SIGINT
@@ -327,6 +340,7 @@ mod tests {
                 pod_ip: "10.244.0.7".into(),
                 version: "v2".into(),
                 requests: 2,
+                client: String::new(),
             }
         );
         // Probes do not count as requests.
@@ -414,15 +428,25 @@ mod tests {
         let server = tokio::spawn(serve(listener, app(), async {
             let _ = stopped.await;
         }));
-        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-        stream
-            .write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
+        let get = |path: &'static str| async move {
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            stream
+                .write_all(
+                    format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await
+                .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.unwrap();
+            response
+        };
+        let response = get("/version").await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         assert!(response.ends_with("v2\n"), "{response}");
+        // Over TCP the greeting names the client's address.
+        let response = get("/").await;
+        assert!(response.ends_with("| client: 127.0.0.1\n"), "{response}");
         stop.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(5), server)
             .await

@@ -3,8 +3,12 @@
 //! The tests need root and the lab's outer-machine tools, so they run only when `KINIT_E2E=1`
 //! (the CI script sets it); otherwise each test prints one line saying it was skipped.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
+
+use serde_json::Value;
 
 use kinit_lab::{system, LabConfig, LabState};
 
@@ -217,6 +221,116 @@ pub fn kubectl_binary() -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .map(|dir| dir.join("kubectl"))
         .find(|p| p.is_file())
+}
+
+/// The reference client against a cluster: kubectl with a kubeconfig and a throwaway home (so
+/// no discovery cache survives between tests).
+pub struct Kubectl {
+    /// The kubectl binary.
+    pub bin: PathBuf,
+    /// The kubeconfig it uses.
+    pub kubeconfig: PathBuf,
+    /// `HOME` for kubectl (its cache lives there).
+    pub home: tempfile::TempDir,
+}
+
+impl Kubectl {
+    /// kubectl `bin` with `kubeconfig` and a fresh home.
+    pub fn new(bin: PathBuf, kubeconfig: PathBuf) -> Kubectl {
+        Kubectl {
+            bin,
+            kubeconfig,
+            home: tempfile::tempdir().expect("a temporary home for kubectl"),
+        }
+    }
+
+    /// Runs kubectl with `stdin` piped in (or nothing), returning the whole output.
+    pub fn output(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        {
+            use std::io::Write;
+            let mut pipe = child.stdin.take().expect("piped stdin");
+            if let Some(text) = stdin {
+                pipe.write_all(text.as_bytes())
+                    .expect("write kubectl's stdin");
+            }
+        }
+        child.wait_with_output().expect("wait for kubectl")
+    }
+
+    /// A kubectl command with the kubeconfig and home set, for callers that need a child.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(&self.bin);
+        command
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.home.path());
+        command
+    }
+
+    /// Runs kubectl and returns stdout; panics with stderr on failure.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.output(args, None);
+        assert!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kubectl ARGS -o json`, parsed.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&all)).expect("kubectl printed JSON")
+    }
+
+    /// `kubectl apply -f -` of `manifest`; panics on failure.
+    pub fn apply(&self, manifest: &str) {
+        let out = self.output(&["apply", "-f", "-"], Some(manifest));
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Running, not terminating pods matching the label `selector`, by name.
+    pub fn running_pods(&self, selector: &str) -> BTreeMap<String, Value> {
+        let list = self.json(&["get", "pods", "-l", selector]);
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
+            })
+            .filter_map(|p| Some((p["metadata"]["name"].as_str()?.to_string(), p.clone())))
+            .collect()
+    }
+}
+
+/// Waits (up to `limit`) until `check` returns Some, checking every 250 ms.
+pub async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Polls `check` every 100 ms until it returns true or `limit` passes.

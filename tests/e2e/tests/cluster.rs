@@ -12,10 +12,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kinit_e2e::{e2e_enabled, kinit_bin, kubectl_binary, stripped, test_config, LabGuard};
+use kinit_e2e::{
+    e2e_enabled, eventually, kinit_bin, kubectl_binary, stripped, test_config, Kubectl, LabGuard,
+};
 use kinit_executor::{Host, SshHost};
 use serde_json::Value;
 
@@ -50,80 +52,6 @@ spec:
           periodSeconds: 1
           failureThreshold: 2
 "#;
-
-struct Kubectl {
-    bin: PathBuf,
-    kubeconfig: PathBuf,
-    home: tempfile::TempDir,
-}
-
-impl Kubectl {
-    fn output(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(&self.bin)
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", self.home.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        {
-            use std::io::Write;
-            let mut pipe = child.stdin.take().unwrap();
-            if let Some(text) = stdin {
-                pipe.write_all(text.as_bytes()).unwrap();
-            }
-        }
-        child.wait_with_output().unwrap()
-    }
-
-    /// Runs kubectl and returns stdout; panics with stderr on failure.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.output(args, None);
-        assert!(
-            out.status.success(),
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&all)).unwrap()
-    }
-
-    fn apply(&self, manifest: &str) {
-        let out = self.output(&["apply", "-f", "-"], Some(manifest));
-        assert!(
-            out.status.success(),
-            "kubectl apply: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Pods with `app=demo` that are Running, by name.
-    fn demo_pods(&self) -> BTreeMap<String, Value> {
-        let list = self.json(&["get", "pods", "-l", "app=demo"]);
-        list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| {
-                p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
-            })
-            .map(|p| {
-                (
-                    p["metadata"]["name"].as_str().unwrap().to_string(),
-                    p.clone(),
-                )
-            })
-            .collect()
-    }
-}
 
 const STATEFUL: &str = r#"
 apiVersion: apps/v1
@@ -166,21 +94,6 @@ spec:
             imagePullPolicy: IfNotPresent
             command: ["hostname"]
 "#;
-
-/// Waits (up to `limit`) until `check` returns Some.
-async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 struct Apply {
     kinit: PathBuf,
@@ -317,11 +230,7 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
         assert_eq!(h["node"], "ready", "{h}");
         assert!(!h["phases"].as_array().unwrap().is_empty());
     }
-    let kubectl = Kubectl {
-        bin: kubectl,
-        kubeconfig: apply.state_dir.join("admin.conf"),
-        home: tempfile::tempdir().unwrap(),
-    };
+    let kubectl = Kubectl::new(kubectl, apply.state_dir.join("admin.conf"));
 
     let nodes = kubectl.json(&["get", "nodes"]);
     let nodes = nodes["items"].as_array().unwrap();
@@ -370,7 +279,7 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
     kubectl.apply(&DEMO.replace("TAG", &tag));
     kubectl.ok(&["rollout", "status", "deployment/demo", "--timeout=180s"]);
     let pods = eventually("3 demo pods Running", Duration::from_secs(60), || {
-        Some(kubectl.demo_pods()).filter(|p| p.len() == 3)
+        Some(kubectl.running_pods("app=demo")).filter(|p| p.len() == 3)
     })
     .await;
     let used: BTreeSet<&str> = pods
@@ -402,7 +311,7 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
     println!("--- a deleted pod is replaced");
     kubectl.ok(&["delete", "pod", first, "--wait=false"]);
     let replaced = eventually("a replacement pod", Duration::from_secs(60), || {
-        Some(kubectl.demo_pods()).filter(|p| p.len() == 3 && !p.contains_key(first))
+        Some(kubectl.running_pods("app=demo")).filter(|p| p.len() == 3 && !p.contains_key(first))
     })
     .await;
 
@@ -452,7 +361,7 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
             .collect()
     };
     eventually("3 pods on v2-e2e", Duration::from_secs(60), || {
-        let pods = kubectl.demo_pods();
+        let pods = kubectl.running_pods("app=demo");
         (pods.len() == 3
             && image_of(&pods) == BTreeSet::from(["kinit.local/demoapp:v2-e2e".to_string()]))
         .then_some(())
@@ -466,7 +375,7 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
         "3 pods back on the original image",
         Duration::from_secs(60),
         || {
-            let pods = kubectl.demo_pods();
+            let pods = kubectl.running_pods("app=demo");
             (pods.len() == 3 && image_of(&pods) == BTreeSet::from([original.clone()])).then_some(())
         },
     )
@@ -605,7 +514,7 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
     })
     .await;
     let demo_on_node3: Vec<String> = kubectl
-        .demo_pods()
+        .running_pods("app=demo")
         .into_iter()
         .filter(|(_, p)| p["spec"]["nodeName"] == "node3")
         .map(|(name, _)| name)
@@ -651,7 +560,7 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
                 .unwrap()
                 .iter()
                 .any(|p| p["spec"]["nodeName"] == "node3");
-            let demo = kubectl.demo_pods();
+            let demo = kubectl.running_pods("app=demo");
             (!on_node3 && demo.len() == 3).then_some(demo)
         },
     )
