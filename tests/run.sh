@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 
 # etcd-server: the store's etcd backend is tested against a real etcd; vagrant: `vagrant validate`;
 # protobuf-compiler: the etcd client crate compiles etcd's protobuf API at build time.
-# containerd, runc, busybox-static: images and pods run in a private containerd the tests start;
-# busybox-static is also what the admin-box image is built from.
-need_pkgs=(openssl debootstrap systemd-container iproute2 openssh-client nftables etcd-server vagrant protobuf-compiler containerd runc busybox-static)
+# containerd, runc, busybox: images and pods run in a private containerd the tests start;
+# busybox is also what the admin-box image is built from (the dynamic build: busybox-static's
+# wget, nc and ping cannot resolve names).
+need_pkgs=(openssl debootstrap systemd-container iproute2 openssh-client nftables etcd-server vagrant protobuf-compiler containerd runc busybox)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

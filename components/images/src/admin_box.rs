@@ -1,7 +1,9 @@
 //! `kinit.local/admin-box:<tag>`: a shell image for poking at a cluster from inside (the role of
 //! the seeds' `ikubernetes/admin-box`), built from Debian's busybox on the admin box: `sh`,
-//! `wget`, `nslookup`, `nc`, `ping`, `ip`, `ps`, … as links to one binary. No registry involved,
-//! like the other kinit images:
+//! `wget`, `nslookup`, `nc`, `ping`, `ip`, `ps`, … as links to one binary, with the C library
+//! it needs. The dynamic build is the one to use: glibc's static resolver cannot look names up,
+//! so with `busybox-static` only `nslookup` resolves Service names. No registry involved, like
+//! the other kinit images:
 //!
 //! ```text
 //! kubectl run client --image=kinit.local/admin-box:v0.1.0 -it --rm --restart=Never -- sh
@@ -14,12 +16,16 @@ use crate::elf::{ElfDependencies, LibraryResolver};
 use crate::layer::RootFs;
 use crate::ImageError;
 
-/// Where Debian's `busybox-static` (and `busybox`) package puts the binary.
+/// Where Debian's `busybox` (and `busybox-static`) package puts the binary.
 pub const DEFAULT_BUSYBOX: &str = "/bin/busybox";
 
 /// What to do when busybox is missing.
 pub const INSTALL_HINT: &str =
-    "install Debian's busybox-static (apt-get install -y busybox-static) or pass --busybox PATH";
+    "install Debian's busybox (apt-get install -y busybox) or pass --busybox PATH";
+
+/// Said when the busybox given is static: glibc's static resolver cannot load the name service
+/// modules, so in such a build only `nslookup` (which speaks DNS itself) resolves names.
+pub const STATIC_NOTE: &str = "is statically linked: in the admin box only nslookup will resolve names (wget, nc and ping cannot); Debian's dynamic busybox package (apt-get install -y busybox) can";
 
 /// Where the busybox binary lives inside the image.
 pub const IMAGE_BUSYBOX: &str = "/bin/busybox";
@@ -106,7 +112,7 @@ mod tests {
         let err = require(Path::new("/nonexistent/busybox")).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("/nonexistent/busybox"), "{text}");
-        assert!(text.contains("apt-get install -y busybox-static"), "{text}");
+        assert!(text.contains("apt-get install -y busybox"), "{text}");
     }
 
     #[test]

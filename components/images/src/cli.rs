@@ -59,7 +59,7 @@ pub struct BuildArgs {
     /// there).
     #[arg(long = "image", value_enum, value_delimiter = ',')]
     pub images: Vec<KinitImage>,
-    /// The busybox binary the admin-box image is made of (Debian's busybox-static).
+    /// The busybox binary the admin-box image is made of (Debian's busybox).
     #[arg(long, value_name = "PATH", default_value = crate::admin_box::DEFAULT_BUSYBOX)]
     pub busybox: PathBuf,
     /// Layer compression.
@@ -142,8 +142,13 @@ pub fn render(report: &BuildReport, format: OutputFormat) -> Result<String, Imag
                     image.path.display().to_string(),
                 ]);
             }
+            let notes: String = report
+                .notes
+                .iter()
+                .map(|n| format!("\nnote: {n}"))
+                .collect();
             Ok(format!(
-                "{table}\nbuilt {} image(s) in {:.1}s; shared layer {} ({} unpacked, {} libraries)",
+                "{table}\nbuilt {} image(s) in {:.1}s; shared layer {} ({} unpacked, {} libraries){notes}",
                 report.images.len(),
                 report.elapsed.as_secs_f64(),
                 report
@@ -270,7 +275,7 @@ mod tests {
             text.contains("busybox not found at /nonexistent/busybox"),
             "{text}"
         );
-        assert!(text.contains("apt-get install -y busybox-static"), "{text}");
+        assert!(text.contains("apt-get install -y busybox"), "{text}");
     }
 
     #[test]

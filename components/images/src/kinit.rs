@@ -285,6 +285,9 @@ pub struct BuildReport {
     pub images: Vec<BuiltImage>,
     /// Shared libraries packaged with the binary (empty for a static binary).
     pub libraries: Vec<PathBuf>,
+    /// Things the user should know about the images built (e.g. a static busybox).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Wall time of the whole build.
     #[serde(serialize_with = "serialize_secs")]
     pub elapsed: Duration,
@@ -333,6 +336,7 @@ pub fn build_images_with(
     let created = rfc3339(options.source_date_epoch);
     let mut built = Vec::new();
     let mut libraries = Vec::new();
+    let mut notes = Vec::new();
     // One layer per source: every kinit image shares the binary's, the admin box has its own.
     for from_kinit in [true, false] {
         let wanted: Vec<KinitImage> = images
@@ -353,6 +357,13 @@ pub fn build_images_with(
                 path: PathBuf::from(crate::admin_box::DEFAULT_BUSYBOX),
             })?;
             let built = crate::admin_box::rootfs(&busybox, resolver)?;
+            if built.1.is_static() {
+                notes.push(format!(
+                    "{} {}",
+                    busybox.display(),
+                    crate::admin_box::STATIC_NOTE
+                ));
+            }
             (busybox, built)
         };
         let arch: Arch = deps.kind.oci_arch().ok_or(ImageError::UnsupportedMachine {
@@ -400,6 +411,7 @@ pub fn build_images_with(
     Ok(BuildReport {
         images: built,
         libraries,
+        notes,
         elapsed: started.elapsed(),
     })
 }
@@ -494,6 +506,23 @@ mod tests {
             assert!(paths.contains_key(applet), "{applet} missing: {paths:?}");
         }
         assert_eq!(paths["bin/busybox"] & 0o777, 0o755);
+        // A dynamic busybox brings its C library (its wget and nc resolve names through it).
+        let deps = LibraryResolver::from_host()
+            .dependencies(Path::new(crate::admin_box::DEFAULT_BUSYBOX))
+            .unwrap();
+        for library in &deps.libraries {
+            let inside = library.path.display().to_string();
+            assert!(
+                paths.contains_key(inside.trim_start_matches('/')),
+                "{inside} missing: {paths:?}"
+            );
+        }
+        assert_eq!(
+            report.notes.is_empty(),
+            !deps.is_static(),
+            "{:?}",
+            report.notes
+        );
         assert!(!paths.contains_key("usr/local/bin/kinit"));
         let spec = KinitImage::AdminBox.spec("v1", &[]);
         assert_eq!(spec.cmd, vec!["sh"]);
