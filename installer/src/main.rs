@@ -46,7 +46,8 @@ enum Command {
     /// The CNI plugin (bridge + host-local IPAM): driven by CNI_* variables and stdin, as
     /// containerd runs it from /opt/cni/bin/kinit-cni.
     Cni,
-    /// Build the OCI images kinit runs from (control plane, pause, demo app) out of this binary.
+    /// Build the OCI images kinit runs from (control plane, pause, demo app, admin box) out of
+    /// this binary and the admin box's busybox.
     Images(kinit_images::ImagesArgs),
     /// The infra process of every pod sandbox (what the pause image runs).
     Pause(kinit_images::PauseArgs),
@@ -54,6 +55,8 @@ enum Command {
     Demoapp(kinit_images::DemoAppArgs),
     /// Run the API server on this host (what the kube-apiserver static pod runs).
     Apiserver(Box<kinit_apiserver::ApiServerArgs>),
+    /// Run the cluster DNS server (what the `coredns` Deployment in kube-system runs).
+    Dns(Box<kinit_dns::DnsArgs>),
 }
 
 /// `hostname`: the UTS name of this process's namespace (the pod name inside a pod).
@@ -107,6 +110,7 @@ fn main() -> std::process::ExitCode {
             .map_err(anyhow::Error::from),
         Command::Demoapp(args) => cmd::component::run("demoapp", kinit_images::run_demoapp(args)),
         Command::Apiserver(args) => cmd::component::run("apiserver", kinit_apiserver::run(*args)),
+        Command::Dns(args) => cmd::component::run("dns", kinit_dns::run(*args)),
     };
     match result {
         Ok(code) => code,
