@@ -721,6 +721,10 @@ mod tests {
         assert_eq!(main["ipam"]["ranges"][0][0]["subnet"], "10.244.7.0/24");
         assert_eq!(main["ipam"]["routes"][0]["dst"], "0.0.0.0/0");
         assert_eq!(main["clusterCIDR"], "10.244.0.0/16");
+        // containerd passes runtimeConfig.portMappings (hostPort) only to plugins declaring it.
+        assert_eq!(main["capabilities"]["portMappings"], true);
+        // The pods' MTU comes from the node network's runtime file, not from the conflist.
+        assert!(main.get("mtu").is_none());
         // Every plugin of the list must exist in /opt/cni/bin: kinit ships only kinit-cni.
         assert_eq!(conflist["plugins"].as_array().unwrap().len(), 1);
     }

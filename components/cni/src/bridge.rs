@@ -1,6 +1,8 @@
 //! The bridge plugin: a host bridge holding the pod range's gateway address, one veth pair per
 //! container (host end on the bridge, container end renamed to `CNI_IFNAME` with the pod's
-//! address and routes), IPAM from the node's pod CIDR and optional masquerade.
+//! address and routes), IPAM from the node's pod CIDR, optional masquerade and hostPort
+//! mappings. The pods' MTU follows the node network's runtime file unless the configuration
+//! sets `mtu`.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -15,10 +17,12 @@ use sha2::{Digest, Sha256};
 use crate::config::{NetConf, Range};
 use crate::env::CniEnv;
 use crate::error::CniError;
+use crate::hostport::{self, PortMapping};
 use crate::ipam::Store;
 use crate::netlink::{self as nl, RouteEntry};
+use crate::network::{NetworkState, DEFAULT_STATE_FILE};
 use crate::types::{CniResult, Interface, IpConfig, Route};
-use crate::{masq, sysctl};
+use crate::{masq, nft, sysctl};
 
 /// Name of the host end of the veth pair: stable for a network, container ID and interface, so
 /// a retried ADD or a DEL without the netns finds it again. `veth` + 11 hex digits = 15 bytes,
@@ -50,19 +54,64 @@ fn gateways(sets: &[Vec<Range>]) -> Vec<IpNet> {
 struct Plan {
     sets: Vec<Vec<Range>>,
     store: Store,
+    /// Where the hostPort lock lives (the IPAM data directory).
+    data_root: std::path::PathBuf,
+    /// `runtimeConfig.portMappings`. ADD and CHECK refuse malformed ones; DEL treats them
+    /// as none (it removes the container's mappings by name anyway), so a bad runtime
+    /// configuration never keeps a pod from being torn down.
+    port_mappings: Vec<PortMapping>,
 }
 
-fn plan(conf: &NetConf) -> Result<Plan, CniError> {
+fn plan(conf: &NetConf, strict: bool) -> Result<Plan, CniError> {
     let ipam = conf.ipam()?;
+    let port_mappings = match hostport::port_mappings(conf.runtime_config.as_ref()) {
+        Ok(m) => m,
+        Err(e) if strict => return Err(e),
+        Err(_) => Vec::new(),
+    };
     Ok(Plan {
         sets: ipam.range_sets()?,
         store: Store::new(ipam.store_dir(&conf.name)),
+        data_root: ipam.data_root(),
+        port_mappings,
     })
+}
+
+fn attachment<'a>(env: &'a CniEnv, conf: &'a NetConf) -> hostport::Attachment<'a> {
+    hostport::Attachment {
+        network: &conf.name,
+        container_id: &env.container_id,
+        ifname: &env.ifname,
+    }
+}
+
+/// The MTU of the bridge and both veth ends: the configuration's `mtu`, else the node
+/// network's runtime file (so pods match the overlay), else the MTU of the interface with
+/// the default route; `None` leaves the kernel default.
+async fn pod_mtu(conf: &NetConf, host: &Handle) -> Result<Option<u32>, CniError> {
+    if let Some(mtu) = conf.mtu {
+        return Ok(Some(mtu));
+    }
+    let path = conf
+        .network_state_file
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from(DEFAULT_STATE_FILE));
+    if let Some(state) = NetworkState::read(&path)? {
+        if !(68..=65535).contains(&state.mtu) {
+            return Err(CniError::Config(format!(
+                "the network state file {} gives MTU {}, outside 68-65535; the node agent rewrites it on its next sync",
+                path.display(),
+                state.mtu
+            )));
+        }
+        return Ok(Some(state.mtu));
+    }
+    nl::default_route_mtu(host).await
 }
 
 /// ADD: attach the container and return the result.
 pub async fn add(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
-    let plan = plan(conf)?;
+    let plan = plan(conf, true)?;
     let netns_path = env.netns.as_deref().ok_or(CniError::Env {
         name: "CNI_NETNS",
         problem: "is required for ADD".into(),
@@ -88,6 +137,9 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         Ok(result) => Ok(result),
         Err(e) => {
             // Leave nothing behind: the runtime may never call DEL for a failed ADD.
+            if !plan.port_mappings.is_empty() {
+                let _ = hostport::del(attachment(env, conf), &plan.data_root);
+            }
             let _ = detach_host(env, conf).await;
             if let Ok(locked) = plan.store.lock() {
                 let _ = locked.release(&env.container_id, &env.ifname);
@@ -107,7 +159,8 @@ async fn attach(
 ) -> Result<CniResult, CniError> {
     let host = nl::connect()?;
     let gws = gateways(&plan.sets);
-    let bridge = ensure_bridge(&host, conf, &gws).await?;
+    let mtu = pod_mtu(conf, &host).await?;
+    let bridge = ensure_bridge(&host, conf, &gws, mtu).await?;
     let bridge_index = bridge.header.index;
 
     // Host end: a leftover from an earlier attempt for this container goes first (deleting it
@@ -119,7 +172,7 @@ async fn attach(
     // The peer is created directly inside the container's namespace under its final name.
     let mut peer = LinkUnspec::new_with_name(&env.ifname).setns_by_fd(netns.as_raw_fd());
     let mut veth = LinkVeth::new(&host_name, &env.ifname);
-    if let Some(mtu) = conf.mtu {
+    if let Some(mtu) = mtu {
         peer = peer.mtu(mtu);
         veth = veth.mtu(mtu);
     }
@@ -190,6 +243,20 @@ async fn attach(
             None => subnets.clone(),
         };
         masq::ensure(&conf.name, &subnets, &no_masq)?;
+    }
+    if !plan.port_mappings.is_empty() {
+        let pod_ips: Vec<IpAddr> = ips.iter().map(IpNet::addr).collect();
+        // Validate first, so a bad mapping changes nothing.
+        let rules = hostport::container_rules(&plan.port_mappings, &pod_ips)?;
+        if rules.localhost {
+            sysctl::enable_route_localnet(&conf.bridge)?;
+        }
+        hostport::add(
+            attachment(env, conf),
+            &plan.port_mappings,
+            &pod_ips,
+            &plan.data_root,
+        )?;
     }
 
     let ctr_link = nl::link_by_index(&ctr, ctr_index)
@@ -269,13 +336,14 @@ async fn ensure_bridge(
     host: &Handle,
     conf: &NetConf,
     gws: &[IpNet],
+    mtu: Option<u32>,
 ) -> Result<rtnetlink::packet_route::link::LinkMessage, CniError> {
     let name = &conf.bridge;
     let link = match nl::link_by_name(host, name).await? {
         Some(link) => link,
         None => {
             let mut b = LinkBridge::new(name).address(bridge_mac(name));
-            if let Some(mtu) = conf.mtu {
+            if let Some(mtu) = mtu {
                 b = b.mtu(mtu);
             }
             match host.link().add(b.build()).execute().await {
@@ -299,10 +367,22 @@ async fn ensure_bridge(
             nl::ensure_address(host, link.header.index, *gw, name).await?;
         }
     }
+    if let Some(mtu) = mtu {
+        // The node network changed backend since the bridge was made: follow it.
+        if nl::link_mtu(&link) != Some(mtu) {
+            nl::set_mtu(host, link.header.index, mtu, name).await?;
+        }
+    }
     if !nl::link_is_up(&link) {
         nl::set_up(host, link.header.index, name).await?;
     }
     Ok(link)
+}
+
+/// Whether an nft failure may be ignored because nothing can have been installed: no port
+/// mappings were asked for and nft is not even installed.
+fn nft_absent_and_unneeded(e: &CniError, mappings: &[PortMapping]) -> bool {
+    matches!(e, CniError::Nft(_)) && mappings.is_empty() && !nft::available()
 }
 
 /// Deletes the host end of the container's veth pair (and with it the container end).
@@ -318,7 +398,12 @@ async fn detach_host(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
 /// DEL: release the addresses and remove the veth pair; whatever is already gone (netns,
 /// interface, allocation) is skipped, so DEL can be repeated and works for unknown containers.
 pub async fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
-    let plan = plan(conf)?;
+    let plan = plan(conf, false)?;
+    // First stop forwarding hostPorts to an address that is about to be freed.
+    match hostport::del(attachment(env, conf), &plan.data_root) {
+        Err(e) if !nft_absent_and_unneeded(&e, &plan.port_mappings) => return Err(e),
+        _ => {}
+    }
     plan.store.lock()?.release(&env.container_id, &env.ifname)?;
     if let Some(path) = env.netns.as_deref() {
         // A netns that cannot be entered any more (deleted, or its bind mount gone) has
@@ -346,7 +431,7 @@ pub async fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             ))
         }
     };
-    let plan = plan(conf)?;
+    let plan = plan(conf, true)?;
     let netns_path = env.netns.as_deref().ok_or(CniError::Env {
         name: "CNI_NETNS",
         problem: "is required for CHECK".into(),
@@ -429,13 +514,17 @@ pub async fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             conf.bridge
         )));
     }
-    Ok(())
+    let pod_ips: Vec<IpAddr> = want.iter().map(IpNet::addr).collect();
+    match hostport::check(attachment(env, conf), &plan.port_mappings, &pod_ips) {
+        Err(e) if !nft_absent_and_unneeded(&e, &plan.port_mappings) => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// STATUS (1.1): ready when the store is writable, every range has a free address and, with
 /// `ipMasq`, nft works.
 pub fn status(conf: &NetConf) -> Result<(), CniError> {
-    let plan = plan(conf)?;
+    let plan = plan(conf, false)?;
     let locked = plan
         .store
         .lock()
@@ -454,9 +543,10 @@ pub fn status(conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
-/// GC (1.1): release every allocation whose attachment the runtime no longer lists.
+/// GC (1.1): release every allocation, and remove the hostPort mappings, of attachments the
+/// runtime no longer lists.
 pub fn gc(conf: &NetConf) -> Result<Vec<IpAddr>, CniError> {
-    let plan = plan(conf)?;
+    let plan = plan(conf, false)?;
     let valid: HashSet<(String, String)> = conf
         .valid_attachments
         .as_deref()
@@ -464,7 +554,11 @@ pub fn gc(conf: &NetConf) -> Result<Vec<IpAddr>, CniError> {
         .iter()
         .map(|a| (a.container_id.clone(), a.ifname.clone()))
         .collect();
-    plan.store.lock()?.retain(&valid)
+    let released = plan.store.lock()?.retain(&valid)?;
+    match hostport::gc(&conf.name, &valid, &plan.data_root) {
+        Err(e) if !nft_absent_and_unneeded(&e, &[]) => Err(e),
+        _ => Ok(released),
+    }
 }
 
 #[cfg(test)]

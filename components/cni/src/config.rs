@@ -56,9 +56,15 @@ pub struct NetConf {
     /// Let a pod reach itself through a service (the bridge sends frames back out the port).
     #[serde(default)]
     pub hairpin_mode: bool,
-    /// MTU of the bridge and both veth ends; the kernel default when unset.
+    /// MTU of the bridge and both veth ends. When unset, ADD takes the MTU from the node
+    /// network's runtime file (`networkStateFile`), else from the interface holding the
+    /// default route, else the kernel default.
     #[serde(default)]
     pub mtu: Option<u32>,
+    /// kinit extension: the node network's runtime file (default
+    /// [`crate::network::DEFAULT_STATE_FILE`]), written by the node agent.
+    #[serde(default)]
+    pub network_state_file: Option<PathBuf>,
     /// kinit extension: the whole cluster's pod network; traffic to it is never masqueraded.
     #[serde(default, rename = "clusterCIDR")]
     pub cluster_cidr: Option<IpNet>,
@@ -71,7 +77,7 @@ pub struct NetConf {
     /// Result of the previous ADD (CHECK, DEL) or of the previous plugin (chained ADD).
     #[serde(default)]
     pub prev_result: Option<serde_json::Value>,
-    /// Capability arguments from the runtime (none are declared by this plugin).
+    /// Capability arguments from the runtime: `portMappings` (see [`crate::hostport`]).
     #[serde(default)]
     pub runtime_config: Option<serde_json::Value>,
     /// Spec 1.1 GC: attachments the runtime still knows.
@@ -286,10 +292,14 @@ impl IpamConf {
 
     /// Where this network's allocations live.
     pub fn store_dir(&self, network: &str) -> PathBuf {
+        self.data_root().join(network)
+    }
+
+    /// The data directory shared by all networks (`dataDir`, or the default).
+    pub fn data_root(&self) -> PathBuf {
         self.data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
-            .join(network)
     }
 }
 
@@ -421,6 +431,10 @@ mod tests {
             let conf = NetConf::parse(p.to_string().as_bytes()).unwrap();
             assert_eq!(conf.plugin_type, "kinit-cni");
             assert_eq!(conf.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
+            // hostPort needs the runtime to pass portMappings; the MTU comes from the node
+            // network's runtime file.
+            assert_eq!(plugin["capabilities"]["portMappings"], true);
+            assert_eq!(conf.mtu, None);
             let sets = conf.ipam().unwrap().range_sets().unwrap();
             assert_eq!(sets[0][0].subnet, ctx.node.pod_cidr);
         }

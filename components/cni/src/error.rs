@@ -112,6 +112,22 @@ pub enum CniError {
     /// STATUS: the plugin cannot serve ADD.
     #[error("plugin not available: {0}")]
     NotAvailable(String),
+    /// The node network cannot be discovered or set up.
+    #[error("node network: {0}")]
+    Network(String),
+    /// host-gw was asked to route via peers that are not on the uplink's subnet.
+    #[error(
+        "host-gw cannot reach node(s) {peers} directly: they are not on subnet {subnet} of {uplink}; \
+         their pod ranges are not routed. Use CNI mode vxlan or auto for nodes on different subnets"
+    )]
+    NotOnLink {
+        /// The refused peers, `name (address)`, comma-separated.
+        peers: String,
+        /// The local uplink's subnet.
+        subnet: ipnet::IpNet,
+        /// The local uplink.
+        uplink: String,
+    },
 }
 
 impl CniError {
@@ -131,6 +147,8 @@ impl CniError {
             CniError::Exhausted(_) => ErrorCode::AddressesExhausted,
             CniError::Check(_) => ErrorCode::CheckFailed,
             CniError::NotAvailable(_) => ErrorCode::NotAvailable,
+            CniError::Network(_) => ErrorCode::IoFailure,
+            CniError::NotOnLink { .. } => ErrorCode::InvalidConfig,
         }
     }
 

@@ -7,20 +7,28 @@
 //! Plugin types handled (the configuration's `type`):
 //! - `kinit-cni`: a host bridge (default `cni0`) carrying the node pod range's gateway address,
 //!   one veth pair per container, host-local style IPAM persisted under `ipam.dataDir`, hairpin
-//!   mode and nftables masquerade of traffic leaving the cluster's pod network;
+//!   mode, nftables masquerade of traffic leaving the cluster, and hostPort mappings (the
+//!   `portMappings` capability, [`hostport`]); the pods' MTU follows the node network's
+//!   runtime file ([`network::NetworkState`]);
 //! - `loopback`: brings `lo` up (containerd runs this type before any conflist).
 //!
 //! Networking goes through netlink (rtnetlink); the container side is reached with a netlink
 //! socket opened inside its network namespace (see [`netlink::connect_in`]).
+//!
+//! The library also holds the node side of the pod network that the node agent drives:
+//! [`network::NodeNetwork`] keeps the routes to other nodes' pod ranges (host-gw or VXLAN).
 
 pub mod bridge;
 pub mod config;
 pub mod env;
 pub mod error;
+pub mod hostport;
 pub mod ipam;
 pub mod loopback;
 pub mod masq;
 pub mod netlink;
+pub mod network;
+mod nft;
 mod sysctl;
 pub mod types;
 

@@ -1,16 +1,29 @@
 //! IP masquerade for pod traffic leaving the cluster, as one nftables table per network.
 //!
+//! Pod traffic keeps its source address towards the cluster's pod network and towards every
+//! node (Kubernetes' "no NAT inside the cluster" rule); everything else is masqueraded. The
+//! node addresses live in two named sets ([`NODE_ADDRESS_SET_V4`], [`NODE_ADDRESS_SET_V6`])
+//! that the node network sync keeps equal to all nodes' addresses
+//! ([`set_node_addresses`]), while the plugin's ADD only makes sure the table, the sets and
+//! the chain exist ([`ensure`]) and never touches the sets' elements.
+//!
 //! The rules are per pod range, not per pod, so ADD only has to make sure the table exists
-//! and DEL leaves it alone. The table is replaced atomically in one `nft -f` transaction.
-//! The `nft` CLI is used because nftables' netlink protocol has no maintained Rust crate
-//! (the `nftables` crate also drives the CLI, through JSON).
+//! and DEL leaves it alone. Every change is one `nft -f` transaction.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 
 use crate::error::CniError;
+use crate::nft;
+
+/// Name of the set (type `ipv4_addr`) of node IPv4 addresses traffic to which keeps the pod's
+/// source address.
+pub const NODE_ADDRESS_SET_V4: &str = "node_ips";
+/// Name of the set (type `ipv6_addr`) of node IPv6 addresses traffic to which keeps the pod's
+/// source address.
+pub const NODE_ADDRESS_SET_V6: &str = "node_ips6";
 
 /// The nftables table (family `inet`) holding the masquerade rules of `network`.
 ///
@@ -23,13 +36,14 @@ pub fn table_name(network: &str) -> String {
     format!("kinit_cni_{safe}")
 }
 
-/// The ruleset that masquerades `pod_subnets` traffic to anything outside `no_masq`.
-pub fn ruleset(table: &str, pod_subnets: &[IpNet], no_masq: &[IpNet]) -> String {
+/// The masquerade rules: traffic from `pod_subnets` to anything outside `no_masq`, the node
+/// address sets and multicast is masqueraded.
+fn rules(pod_subnets: &[IpNet], no_masq: &[IpNet]) -> Vec<String> {
     let mut rules = Vec::new();
     for subnet in pod_subnets {
-        let (fam, multicast) = match subnet {
-            IpNet::V4(_) => ("ip", "224.0.0.0/4"),
-            IpNet::V6(_) => ("ip6", "ff00::/8"),
+        let (fam, multicast, set) = match subnet {
+            IpNet::V4(_) => ("ip", "224.0.0.0/4", NODE_ADDRESS_SET_V4),
+            IpNet::V6(_) => ("ip6", "ff00::/8", NODE_ADDRESS_SET_V6),
         };
         let mut rule = format!("{fam} saddr {subnet}");
         for n in no_masq
@@ -38,92 +52,138 @@ pub fn ruleset(table: &str, pod_subnets: &[IpNet], no_masq: &[IpNet]) -> String 
         {
             rule.push_str(&format!(" {fam} daddr != {n}"));
         }
-        rule.push_str(&format!(" {fam} daddr != {multicast} masquerade"));
+        rule.push_str(&format!(
+            " {fam} daddr != @{set} {fam} daddr != {multicast} masquerade"
+        ));
         rules.push(rule);
     }
-    let body: String = rules.iter().map(|r| format!("    {r}\n")).collect();
+    rules
+}
+
+const CHAIN_HEAD: &str = "type nat hook postrouting priority srcnat; policy accept;";
+
+/// The masquerade chain as `nft list chain` prints it: `pod_subnets` traffic to anything
+/// outside `no_masq`, the node addresses and multicast is masqueraded.
+pub fn ruleset(table: &str, pod_subnets: &[IpNet], no_masq: &[IpNet]) -> String {
+    let body: String = rules(pod_subnets, no_masq)
+        .iter()
+        .map(|r| format!("    {r}\n"))
+        .collect();
+    format!("table inet {table} {{\n  chain postrouting {{\n    {CHAIN_HEAD}\n{body}  }}\n}}\n")
+}
+
+/// Statements creating the table and both node address sets when absent (and leaving them,
+/// with their elements, alone when present).
+fn skeleton(table: &str) -> String {
     format!(
-        "table inet {table} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{body}  }}\n}}\n"
+        "add table inet {table}\n\
+         add set inet {table} {NODE_ADDRESS_SET_V4} {{ type ipv4_addr; }}\n\
+         add set inet {table} {NODE_ADDRESS_SET_V6} {{ type ipv6_addr; }}\n"
     )
 }
 
-/// Makes sure the network's masquerade table holds exactly `ruleset(...)`.
+/// The transaction [`ensure`] applies: the skeleton, then the chain replaced in place.
+fn ensure_script(table: &str, pod_subnets: &[IpNet], no_masq: &[IpNet]) -> String {
+    let mut script = skeleton(table);
+    script.push_str(&format!(
+        "add chain inet {table} postrouting {{ {CHAIN_HEAD} }}\nflush chain inet {table} postrouting\n"
+    ));
+    for rule in rules(pod_subnets, no_masq) {
+        script.push_str(&format!("add rule inet {table} postrouting {rule}\n"));
+    }
+    script
+}
+
+/// Makes sure the network's masquerade table holds the chain of [`ruleset`] and the node
+/// address sets; the sets' elements are kept as they are.
 pub fn ensure(network: &str, pod_subnets: &[IpNet], no_masq: &[IpNet]) -> Result<(), CniError> {
     let table = table_name(network);
     let want = ruleset(&table, pod_subnets, no_masq);
-    if let Ok(current) = nft(&["list", "table", "inet", &table], None) {
-        if normalize(&current) == normalize(&want) {
+    if let Ok(Ok(current)) = nft::run_raw(&["list", "chain", "inet", &table, "postrouting"], None) {
+        // The chain's rules name both sets, so a matching chain implies the sets exist.
+        if nft::normalize(&current) == nft::normalize(&want) {
             return Ok(());
         }
     }
-    // Create-then-delete makes the delete valid whether or not the table exists; the three
-    // statements form one transaction, so traffic never sees a missing rule set.
-    let script = format!("table inet {table}\ndelete table inet {table}\n{want}");
-    nft(&["-f", "-"], Some(&script)).map(drop)
+    nft::apply(&ensure_script(&table, pod_subnets, no_masq))
+}
+
+/// The node addresses currently in the network's sets (empty when the table is absent).
+pub fn node_addresses(network: &str) -> Result<BTreeSet<IpAddr>, CniError> {
+    let table = table_name(network);
+    let mut out = BTreeSet::new();
+    for set in [NODE_ADDRESS_SET_V4, NODE_ADDRESS_SET_V6] {
+        let Some(listing) = nft::list_json(&["list", "set", "inet", &table, set])? else {
+            continue;
+        };
+        for s in nft::objects(&listing, "set") {
+            for elem in s["elem"].as_array().into_iter().flatten() {
+                match elem.as_str().and_then(|e| e.parse::<IpAddr>().ok()) {
+                    Some(ip) => {
+                        out.insert(ip);
+                    }
+                    None => {
+                        return Err(CniError::Nft(format!(
+                            "set {set} of table inet {table} holds {elem}, which is not a single address; \
+                             delete the table (nft delete table inet {table}) and let kinit recreate it"
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The transaction that makes the sets hold exactly `addresses`.
+fn node_addresses_script(table: &str, addresses: &BTreeSet<IpAddr>) -> String {
+    let mut script = skeleton(table);
+    for (set, v4) in [(NODE_ADDRESS_SET_V4, true), (NODE_ADDRESS_SET_V6, false)] {
+        script.push_str(&format!("flush set inet {table} {set}\n"));
+        let elems: Vec<String> = addresses
+            .iter()
+            .filter(|a| a.is_ipv4() == v4)
+            .map(IpAddr::to_string)
+            .collect();
+        if !elems.is_empty() {
+            script.push_str(&format!(
+                "add element inet {table} {set} {{ {} }}\n",
+                elems.join(", ")
+            ));
+        }
+    }
+    script
+}
+
+/// Makes the network's node address sets hold exactly `addresses` (flush and add in one
+/// transaction, so no packet sees a half-filled set), creating the table and sets when
+/// needed. Returns whether anything changed.
+pub fn set_node_addresses(network: &str, addresses: &BTreeSet<IpAddr>) -> Result<bool, CniError> {
+    if let Ok(current) = node_addresses(network) {
+        if &current == addresses {
+            // An empty answer may also mean "no table yet": make sure it exists.
+            if !addresses.is_empty() || table_exists(network)? {
+                return Ok(false);
+            }
+        }
+    }
+    nft::apply(&node_addresses_script(&table_name(network), addresses)).map(|()| true)
+}
+
+fn table_exists(network: &str) -> Result<bool, CniError> {
+    Ok(nft::list_json(&["list", "table", "inet", &table_name(network)])?.is_some())
 }
 
 /// Removes the network's masquerade table if present (used by tests and tooling).
 pub fn remove(network: &str) -> Result<(), CniError> {
     let table = table_name(network);
     let script = format!("table inet {table}\ndelete table inet {table}\n");
-    nft(&["-f", "-"], Some(&script)).map(drop)
+    nft::apply(&script)
 }
 
 /// Whether nftables is usable: the CLI runs and the kernel answers.
 pub fn probe() -> Result<(), CniError> {
-    nft(&["list", "tables"], None).map(drop)
-}
-
-/// The rule lines of an nft listing, whitespace-normalised, for comparison.
-fn normalize(text: &str) -> Vec<String> {
-    text.lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
-fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, CniError> {
-    let mut last_err = None;
-    // containerd passes its own PATH on to plugins; it may lack the sbin directories.
-    for bin in ["nft", "/usr/sbin/nft", "/sbin/nft"] {
-        let child = Command::new(bin)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                last_err = Some(e);
-                continue;
-            }
-            Err(e) => return Err(CniError::Nft(format!("cannot run {bin}: {e}"))),
-        };
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(text.as_bytes())
-                .map_err(|e| CniError::Nft(format!("cannot write to nft: {e}")))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| CniError::Nft(format!("cannot wait for nft: {e}")))?;
-        if !out.status.success() {
-            return Err(CniError::Nft(format!(
-                "nft {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-    }
-    Err(CniError::Nft(format!(
-        "nft not found in PATH, /usr/sbin or /sbin: {}",
-        last_err.map(|e| e.to_string()).unwrap_or_default()
-    )))
+    nft::run(&["list", "tables"], None).map(drop)
 }
 
 #[cfg(test)]
@@ -146,24 +206,53 @@ mod tests {
         assert!(r.starts_with("table inet kinit_cni_kinit {"), "{r}");
         assert!(r.contains("type nat hook postrouting priority srcnat; policy accept;"));
         assert!(r.contains(
-            "ip saddr 10.244.7.0/24 ip daddr != 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade"
+            "ip saddr 10.244.7.0/24 ip daddr != 10.244.0.0/16 ip daddr != @node_ips ip daddr != 224.0.0.0/4 masquerade"
         ));
         assert!(r.contains(
-            "ip6 saddr fd10:0:0:7::/64 ip6 daddr != fd10::/56 ip6 daddr != ff00::/8 masquerade"
+            "ip6 saddr fd10:0:0:7::/64 ip6 daddr != fd10::/56 ip6 daddr != @node_ips6 ip6 daddr != ff00::/8 masquerade"
         ));
+    }
+
+    #[test]
+    fn ensure_keeps_set_elements_and_replaces_the_chain() {
+        let s = ensure_script(
+            "kinit_cni_kinit",
+            &["10.244.7.0/24".parse().unwrap()],
+            &["10.244.0.0/16".parse().unwrap()],
+        );
+        // `add` never fails on an existing object and never empties a set; only the chain
+        // is flushed.
+        assert!(s.contains("add set inet kinit_cni_kinit node_ips { type ipv4_addr; }"));
+        assert!(!s.contains("flush set"), "{s}");
+        assert!(!s.contains("delete"), "{s}");
+        assert!(s.contains("flush chain inet kinit_cni_kinit postrouting\n"));
+        assert!(s.ends_with("ip daddr != @node_ips ip daddr != 224.0.0.0/4 masquerade\n"));
+    }
+
+    #[test]
+    fn node_address_script_flushes_and_fills_both_families() {
+        let addrs: BTreeSet<IpAddr> = ["10.0.0.2", "10.0.0.1", "fd00::1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let s = node_addresses_script("t", &addrs);
+        assert!(
+            s.contains(
+                "flush set inet t node_ips\nadd element inet t node_ips { 10.0.0.1, 10.0.0.2 }\n"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("flush set inet t node_ips6\nadd element inet t node_ips6 { fd00::1 }\n"),
+            "{s}"
+        );
+        let s = node_addresses_script("t", &BTreeSet::new());
+        assert!(!s.contains("add element"), "{s}");
     }
 
     #[test]
     fn table_names_are_safe_identifiers() {
         assert_eq!(table_name("kinit"), "kinit_cni_kinit");
         assert_eq!(table_name("my-net.v1"), "kinit_cni_my_net_v1");
-    }
-
-    #[test]
-    fn normalization_ignores_indentation() {
-        assert_eq!(
-            normalize("table inet t {\n\tchain c {\n\t}\n}\n"),
-            normalize("table inet t {\n  chain c {\n  }\n}")
-        );
     }
 }

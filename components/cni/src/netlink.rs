@@ -293,6 +293,44 @@ pub async fn ensure_route(
     }
 }
 
+/// The link's MTU.
+pub fn link_mtu(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    })
+}
+
+/// Sets the link's MTU.
+pub async fn set_mtu(handle: &Handle, index: u32, mtu: u32, what: &str) -> Result<(), CniError> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+        .execute()
+        .await
+        .map_err(|e| CniError::netlink(format!("set the MTU of {what} to {mtu}"), e))
+}
+
+/// The MTU of the interface holding the default route (IPv4 first), if there is one.
+pub async fn default_route_mtu(handle: &Handle) -> Result<Option<u32>, CniError> {
+    for family in [
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    ] {
+        let oif = routes(handle, family)
+            .await?
+            .into_iter()
+            .find(|r| r.dst.prefix_len() == 0)
+            .and_then(|r| r.oif);
+        if let Some(oif) = oif {
+            if let Some(link) = link_by_index(handle, oif).await? {
+                return Ok(link_mtu(&link));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Whether a netlink error means "nothing to delete".
 pub fn is_gone(e: &rtnetlink::Error) -> bool {
     matches!(

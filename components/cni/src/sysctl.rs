@@ -17,3 +17,13 @@ pub fn enable_forwarding(ipv4: bool) -> Result<(), CniError> {
     }
     fs::write(path, "1").map_err(|e| CniError::io("cannot enable forwarding in", path, e))
 }
+
+/// Lets `ifname` route packets with loopback addresses, so connections to
+/// `127.0.0.1:<hostPort>` can be forwarded to a pod behind it (see [`crate::hostport`]).
+pub fn enable_route_localnet(ifname: &str) -> Result<(), CniError> {
+    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/route_localnet");
+    if fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    fs::write(&path, "1").map_err(|e| CniError::io("cannot enable route_localnet in", path, e))
+}

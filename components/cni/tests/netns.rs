@@ -455,7 +455,7 @@ fn ip_masq_installs_one_idempotent_nft_table() {
     let table = format!("kinit_cni_{}", net.name());
     let listing = sh(&["nft", "list", "table", "inet", &table]);
     let rule = format!(
-        "ip saddr 10.250.{}.0/24 ip daddr != 10.250.0.0/16 ip daddr != 224.0.0.0/4 masquerade",
+        "ip saddr 10.250.{}.0/24 ip daddr != 10.250.0.0/16 ip daddr != @node_ips ip daddr != 224.0.0.0/4 masquerade",
         net.n
     );
     assert_eq!(listing.matches(&rule).count(), 1, "{listing}");
