@@ -1,5 +1,6 @@
 //! Undoing kinit on a host: stop the agent and every container it started, remove kinit's
-//! images, mounts, network links and nftables tables, put back the files kinit replaced (from
+//! images, mounts, network links (bridge, VXLAN device), routes to other nodes' pods, nftables
+//! tables (service proxy, masquerade, hostPorts), put back the files kinit replaced (from
 //! `originals/`) and delete the ones it created (from `managed-files`).
 //!
 //! The work is one shell script run on the host, so a reset needs nothing but `sh` and the
@@ -22,6 +23,9 @@ const SHARED_DIRS: &[&str] = &["/etc/kubernetes"];
 
 /// Prefix of every nftables table and network link kinit creates.
 pub const NET_PREFIX: &str = "kinit";
+
+/// kinit's runtime directory on hosts (the pod network's state file for the CNI plugin).
+pub const RUN_DIR: &str = "/run/kinit";
 
 /// The default bridge of kinit's CNI configuration.
 pub const DEFAULT_BRIDGE: &str = "cni0";
@@ -90,6 +94,10 @@ if [ -f /etc/cni/net.d/10-kinit.conflist ]; then
 fi
 [ -e "/sys/class/net/$bridge" ] && act ip link delete "$bridge"
 for l in $(ls /sys/class/net 2>/dev/null | grep '^{prefix}'); do act ip link delete "$l"; done
+# Routes to other nodes' pod ranges (host-gw) carry kinit's route protocol.
+if [ -n "$(ip route show proto {route_proto} 2>/dev/null)" ]; then act ip route flush proto {route_proto}; fi
+if [ -n "$(ip -6 route show proto {route_proto} 2>/dev/null)" ]; then act ip -6 route flush proto {route_proto}; fi
+[ -e {run_dir} ] && act rm -rf {run_dir}
 if command -v nft >/dev/null 2>&1; then
   nft list tables 2>/dev/null | while read -r _ family name; do
     case "$name" in {prefix}*) act nft delete table "$family" "$name" ;; esac
@@ -125,6 +133,8 @@ exit 0
         owned_re = OWNED_DIRS.join("|").replace('.', "\\."),
         bridge = DEFAULT_BRIDGE,
         prefix = NET_PREFIX,
+        route_proto = kinit_cni::network::ROUTE_PROTOCOL,
+        run_dir = RUN_DIR,
         state = STATE_ROOT,
         managed = MANAGED_LIST,
         owned = owned.join(" "),
@@ -169,6 +179,27 @@ mod tests {
         }
         assert!(script(true).contains("DRY=1"));
         assert!(script(false).contains("DRY=0"));
+    }
+
+    #[test]
+    fn network_state_is_removed_with_the_runtime_directory_and_route_protocol() {
+        let text = script(true);
+        assert!(
+            std::path::Path::new(kinit_cni::network::DEFAULT_STATE_FILE).starts_with(RUN_DIR),
+            "the CNI runtime file lives in the directory reset removes"
+        );
+        assert!(text.contains(&format!(
+            "ip route flush proto {}",
+            kinit_cni::network::ROUTE_PROTOCOL
+        )));
+        assert!(kinit_cni::network::VXLAN_DEVICE.starts_with(NET_PREFIX));
+        assert!(kinit_proxy_table_is_removed(&text));
+    }
+
+    fn kinit_proxy_table_is_removed(text: &str) -> bool {
+        // Tables are removed by prefix; the proxy's table carries it.
+        text.contains(&format!("case \"$name\" in {NET_PREFIX}*)"))
+            && "kinit-proxy".starts_with(NET_PREFIX)
     }
 
     #[test]

@@ -219,7 +219,13 @@ async fn online_loops(
             }
         }
     };
-    manager.set_sources(Arc::new(ApiObjects::new(client.clone(), ca_pem)));
+    let proxy = start_proxy(&client, &settings).await;
+    let mut objects = ApiObjects::new(client.clone(), ca_pem);
+    if let Some(proxy) = &proxy {
+        objects = objects.with_service_cache(proxy.services());
+    }
+    manager.set_sources(Arc::new(objects));
+    let network = tokio::spawn(crate::network::run(client.clone(), settings.clone()));
 
     let heartbeat = {
         let (client, settings, runtime, node_uid) = (
@@ -304,7 +310,34 @@ async fn online_loops(
             }
         }
     }
-    let guard = AbortOnDrop(vec![heartbeat, watch, mirrors]);
+    let guard = AbortOnDrop(vec![heartbeat, watch, mirrors, network]);
     futures::future::pending::<()>().await;
-    drop(guard);
+    drop((guard, proxy));
+}
+
+/// Starts the service proxy when the configuration asks for it (`serviceProxy`, with the
+/// cluster's pod CIDR for its masquerade decisions). A proxy that cannot start (no `nft`) is
+/// logged; the node runs without Services rather than not at all.
+async fn start_proxy(
+    client: &kube::Client,
+    settings: &Settings,
+) -> Option<kinit_proxy::ProxyHandle> {
+    if !settings.config.service_proxy {
+        tracing::info!("the service proxy is off (serviceProxy: false)");
+        return None;
+    }
+    let config = kinit_proxy::ProxyConfig {
+        node_name: settings.node_name.clone(),
+        cluster_cidrs: settings.config.cluster_cidr.into_iter().collect(),
+        ..kinit_proxy::ProxyConfig::default()
+    };
+    match kinit_proxy::start(client.clone(), config).await {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::error!(
+                "the service proxy cannot start, Services have no data plane on this node: {e}"
+            );
+            None
+        }
+    }
 }

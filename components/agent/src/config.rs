@@ -64,18 +64,9 @@ pub enum CgroupDriver {
     Cgroupfs,
 }
 
-/// How pod traffic crosses nodes (the inventory's `cluster.cni.mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum CniMode {
-    /// host-gw while every node shares the uplink subnet, VXLAN otherwise.
-    #[default]
-    Auto,
-    /// A route per node's pod range via its address.
-    HostGw,
-    /// VXLAN (VNI 1, UDP 8472).
-    Vxlan,
-}
+/// How pod traffic crosses nodes (the inventory's `cluster.cni.mode`): `auto`, `host-gw` or
+/// `vxlan`.
+pub use kinit_cni::network::CniMode;
 
 /// Resources held back from pods (`systemReserved` + `kubeReserved` in the kubelet).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
@@ -124,7 +115,7 @@ pub struct AgentConfiguration {
     #[serde(rename = "serviceCIDR", default)]
     pub service_cidr: Option<ipnet::IpNet>,
     /// How pod traffic crosses nodes.
-    #[serde(default)]
+    #[serde(default = "default_cni_mode")]
     pub cni_mode: CniMode,
     /// Whether the agent runs the service proxy (nftables); off when another proxy serves
     /// Services on this node.
@@ -175,6 +166,9 @@ pub struct AgentConfiguration {
     pub static_pod_rescan_seconds: u64,
 }
 
+fn default_cni_mode() -> CniMode {
+    CniMode::Auto
+}
 fn default_true() -> bool {
     true
 }

@@ -12,6 +12,7 @@ pub mod env;
 pub mod etc_hosts;
 pub mod fake;
 pub mod manager;
+pub mod network;
 pub mod node;
 pub mod pods;
 pub mod probes;
