@@ -6,9 +6,9 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use k8s_cri::v1::{
-    Container, ContainerConfig, ContainerState, ContainerStatus, ExecRequest, ExecSyncResponse,
-    ImageSpec, PodIp, PodSandbox, PodSandboxConfig, PodSandboxNetworkStatus, PodSandboxState,
-    PodSandboxStatus,
+    AttachRequest, Container, ContainerConfig, ContainerState, ContainerStatus, ExecRequest,
+    ExecSyncResponse, ImageSpec, PodIp, PodSandbox, PodSandboxConfig, PodSandboxNetworkStatus,
+    PodSandboxState, PodSandboxStatus,
 };
 
 use crate::runtime::{Runtime, RuntimeError, LABEL_POD_UID};
@@ -420,6 +420,28 @@ impl Runtime for FakeRuntime {
 
     async fn exec(&self, request: ExecRequest) -> Result<String, RuntimeError> {
         Ok(format!("http://127.0.0.1:1/exec/{}", request.container_id))
+    }
+
+    async fn attach(&self, request: AttachRequest) -> Result<String, RuntimeError> {
+        let mut inner = self.inner.lock().unwrap();
+        Self::record(&mut inner, format!("Attach {}", request.container_id));
+        Ok(format!(
+            "http://127.0.0.1:1/attach/{}",
+            request.container_id
+        ))
+    }
+
+    async fn port_forward(
+        &self,
+        sandbox_id: &str,
+        _ports: Vec<i32>,
+    ) -> Result<String, RuntimeError> {
+        let mut inner = self.inner.lock().unwrap();
+        if !inner.sandboxes.contains_key(sandbox_id) {
+            return Err(not_found("PortForward", sandbox_id));
+        }
+        Self::record(&mut inner, format!("PortForward {sandbox_id}"));
+        Ok(format!("http://127.0.0.1:1/portforward/{sandbox_id}"))
     }
 
     async fn image_id(&self, image: &str) -> Result<Option<String>, RuntimeError> {

@@ -9,12 +9,13 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    Container, ContainerConfig, ContainerFilter, ContainerStatus, ContainerStatusRequest,
-    CreateContainerRequest, ExecRequest, ExecSyncRequest, ExecSyncResponse, ImageSpec,
-    ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, PodSandbox, PodSandboxConfig,
-    PodSandboxFilter, PodSandboxStatus, PodSandboxStatusRequest, PullImageRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StatusRequest, StopContainerRequest, StopPodSandboxRequest, VersionRequest,
+    AttachRequest, Container, ContainerConfig, ContainerFilter, ContainerStatus,
+    ContainerStatusRequest, CreateContainerRequest, ExecRequest, ExecSyncRequest, ExecSyncResponse,
+    ImageSpec, ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, PodSandbox,
+    PodSandboxConfig, PodSandboxFilter, PodSandboxStatus, PodSandboxStatusRequest,
+    PortForwardRequest, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StatusRequest, StopContainerRequest,
+    StopPodSandboxRequest, VersionRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -112,6 +113,13 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> Result<ExecSyncResponse, RuntimeError>;
     /// Prepares a streaming exec; returns the runtime's streaming URL.
     async fn exec(&self, request: ExecRequest) -> Result<String, RuntimeError>;
+    /// Prepares a streaming attach to a running container's main process; returns the
+    /// runtime's streaming URL.
+    async fn attach(&self, request: AttachRequest) -> Result<String, RuntimeError>;
+    /// Prepares a streaming port-forward into a sandbox's network namespace; returns the
+    /// runtime's streaming URL. `ports` may be empty: SPDY clients name ports per stream.
+    async fn port_forward(&self, sandbox_id: &str, ports: Vec<i32>)
+        -> Result<String, RuntimeError>;
     /// The image's id when it is present on the node.
     async fn image_id(&self, image: &str) -> Result<Option<String>, RuntimeError>;
     /// Pulls an image; returns its reference.
@@ -406,6 +414,35 @@ impl Runtime for CriRuntime {
             .exec(request)
             .await
             .map_err(call("Exec"))?
+            .into_inner()
+            .url)
+    }
+
+    async fn attach(&self, request: AttachRequest) -> Result<String, RuntimeError> {
+        Ok(self
+            .runtime
+            .clone()
+            .attach(request)
+            .await
+            .map_err(call("Attach"))?
+            .into_inner()
+            .url)
+    }
+
+    async fn port_forward(
+        &self,
+        sandbox_id: &str,
+        ports: Vec<i32>,
+    ) -> Result<String, RuntimeError> {
+        Ok(self
+            .runtime
+            .clone()
+            .port_forward(PortForwardRequest {
+                pod_sandbox_id: sandbox_id.into(),
+                port: ports,
+            })
+            .await
+            .map_err(call("PortForward"))?
             .into_inner()
             .url)
     }

@@ -1,7 +1,18 @@
-//! The agent's HTTPS server (:10250): `/healthz`, `/containerLogs/<ns>/<pod>/<container>` and
-//! `/exec|attach/<ns>/<pod>/<container>` for the API server's node proxy. Callers present a
+//! The agent's HTTPS server (:10250): `/healthz`, `/containerLogs/<ns>/<pod>/<container>`,
+//! `/exec|attach/<ns>/<pod>[/<uid>]/<container>` and `/portForward/<ns>/<pod>[/<uid>]` for the
+//! API server's node proxy, with the kubelet's paths and query parameters. Callers present a
 //! client certificate from the cluster CA; only the API server's kubelet-client identity and
-//! cluster admins may read logs or exec.
+//! cluster admins may read logs, exec, attach or forward ports.
+//!
+//! Streaming requests are served like the kubelet with redirects disabled: the agent asks the
+//! runtime (CRI `Exec`, `Attach`, `PortForward`) for a streaming URL and proxies the client's
+//! upgrade request to the runtime's streaming server, which speaks the protocols itself: SPDY/3.1
+//! (`v4.channel.k8s.io`, `portforward.k8s.io`) and the legacy WebSocket channel protocols
+//! (`v4.channel.k8s.io`, the WebSocket port-forward protocol with `?port=`). The newer WebSocket
+//! protocols of kubectl 1.30+ (`v5.channel.k8s.io`, `SPDY/3.1+portforward.k8s.io`) are
+//! translated by the API server, as the kube-apiserver does for kubelets; a request offering
+//! only protocols the runtime does not speak is refused by the runtime with a non-101 answer,
+//! on which kubectl falls back to SPDY.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -16,7 +27,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
-use k8s_cri::v1::{ContainerState, ExecRequest};
+use k8s_cri::v1::{AttachRequest, ContainerState, ExecRequest};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt};
 
@@ -286,7 +297,66 @@ fn percent_decode(s: &str) -> String {
 fn flag(q: &HashMap<String, Vec<String>>, k: &str) -> bool {
     q.get(k)
         .and_then(|v| v.first())
-        .is_some_and(|v| v == "true" || v == "1")
+        .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// What a remote command (exec or attach) streams, from the kubelet's query parameters
+/// `input`, `output`, `error`, `tty` (the API server's names `stdin`, `stdout`, `stderr` are
+/// accepted too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// The client sends standard input.
+    pub stdin: bool,
+    /// The client wants standard output.
+    pub stdout: bool,
+    /// The client wants standard error (never together with a TTY).
+    pub stderr: bool,
+    /// The stream is a terminal.
+    pub tty: bool,
+}
+
+impl StreamOptions {
+    /// Reads the options like the kubelet: a TTY has no separate standard error, and at least
+    /// one stream must be asked for.
+    pub fn from_query(q: &HashMap<String, Vec<String>>) -> Result<StreamOptions, String> {
+        let tty = flag(q, "tty");
+        let options = StreamOptions {
+            stdin: flag(q, "input") || flag(q, "stdin"),
+            stdout: flag(q, "output") || flag(q, "stdout"),
+            stderr: (flag(q, "error") || flag(q, "stderr")) && !tty,
+            tty,
+        };
+        if !(options.stdin || options.stdout || options.stderr) {
+            return Err("you must specify at least 1 of stdin, stdout, stderr".into());
+        }
+        Ok(options)
+    }
+}
+
+/// The ports of a port-forward request: the kubelet's `port` parameter (repeated or
+/// comma-separated; the API server's `ports` is accepted too). SPDY clients name the port of
+/// each stream in its headers, so an empty list is valid for them.
+pub fn forwarded_ports(q: &HashMap<String, Vec<String>>) -> Result<Vec<i32>, String> {
+    let mut ports = Vec::new();
+    for value in ["port", "ports"].iter().filter_map(|k| q.get(*k)).flatten() {
+        if value.is_empty() {
+            return Err("query parameter \"port\" cannot be empty".into());
+        }
+        for p in value.split(',') {
+            match p.trim().parse::<u16>() {
+                Ok(port) if port > 0 => ports.push(i32::from(port)),
+                _ => return Err(format!("unable to parse {p:?} as a port (1-65535)")),
+            }
+        }
+    }
+    Ok(ports)
+}
+
+fn is_websocket(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 async fn handle(
@@ -321,9 +391,22 @@ async fn handle(
             container_logs(manager, ns, pod, container, &query(&req)).await
         }
         [verb @ ("exec" | "attach"), ns, pod, container] => {
-            let verb = verb.to_string();
-            let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
-            exec(manager, &verb, &ns, &pod, &container, req).await
+            let target = StreamTarget::new(ns, pod, None);
+            let (verb, container) = (verb.to_string(), container.to_string());
+            remote_command(manager, &verb, &target, &container, req).await
+        }
+        [verb @ ("exec" | "attach"), ns, pod, uid, container] => {
+            let target = StreamTarget::new(ns, pod, Some(uid));
+            let (verb, container) = (verb.to_string(), container.to_string());
+            remote_command(manager, &verb, &target, &container, req).await
+        }
+        ["portForward", ns, pod] => {
+            let target = StreamTarget::new(ns, pod, None);
+            port_forward(manager, &target, req).await
+        }
+        ["portForward", ns, pod, uid] => {
+            let target = StreamTarget::new(ns, pod, Some(uid));
+            port_forward(manager, &target, req).await
         }
         _ => full(
             StatusCode::NOT_FOUND,
@@ -334,17 +417,11 @@ async fn handle(
 
 async fn find_container(
     manager: &PodManager,
-    ns: &str,
-    pod: &str,
+    p: &k8s_openapi::api::core::v1::Pod,
     container: &str,
     previous: bool,
 ) -> Result<k8s_cri::v1::ContainerStatus, Response<Body>> {
-    let Some(p) = manager.find(ns, pod) else {
-        return Err(full(
-            StatusCode::NOT_FOUND,
-            format!("pod {ns}/{pod} is not running on this node\n"),
-        ));
-    };
+    let pod = p.metadata.name.as_deref().unwrap_or_default();
     let uid = p.metadata.uid.clone().unwrap_or_default();
     let observed = Observed::read(manager.runtime().as_ref(), &uid)
         .await
@@ -441,7 +518,12 @@ async fn container_logs(
         .and_then(|v| v.parse::<i64>().ok())
         .filter(|t| *t >= 0)
         .map(|t| t as usize);
-    let status = match find_container(manager, ns, pod, container, previous).await {
+    let found = StreamTarget::new(ns, pod, None).pod(manager);
+    let status = match found {
+        Ok(p) => find_container(manager, &p, container, previous).await,
+        Err(r) => Err(*r),
+    };
+    let status = match status {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -538,17 +620,71 @@ fn tokio_stream_from(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// Asks the runtime for a streaming URL and proxies the client's (upgrading) request to it,
-/// like the kubelet with `--redirect-container-streaming=false`.
-async fn exec(
+/// The pod a streaming request names: namespace, name and, on the kubelet's longer paths, the
+/// uid it must have.
+struct StreamTarget {
+    namespace: String,
+    name: String,
+    uid: Option<String>,
+}
+
+impl StreamTarget {
+    fn new(namespace: &str, name: &str, uid: Option<&str>) -> StreamTarget {
+        StreamTarget {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: uid.map(String::from),
+        }
+    }
+
+    /// The pod, if it runs on this node (and has the uid asked for).
+    fn pod(
+        &self,
+        manager: &PodManager,
+    ) -> Result<k8s_openapi::api::core::v1::Pod, Box<Response<Body>>> {
+        let (ns, name) = (&self.namespace, &self.name);
+        manager
+            .find(ns, name)
+            .filter(|p| {
+                self.uid
+                    .as_deref()
+                    .is_none_or(|uid| p.metadata.uid.as_deref() == Some(uid))
+            })
+            .ok_or_else(|| {
+                Box::new(full(
+                    StatusCode::NOT_FOUND,
+                    format!("pod {ns}/{name} is not running on this node\n"),
+                ))
+            })
+    }
+}
+
+fn runtime_failed(e: crate::runtime::RuntimeError) -> Response<Body> {
+    let status = match &e {
+        crate::runtime::RuntimeError::Call {
+            code: tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition,
+            ..
+        } => StatusCode::BAD_REQUEST,
+        e if e.is_not_found() => StatusCode::NOT_FOUND,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    full(status, format!("{e}\n"))
+}
+
+/// `exec` and `attach`: asks the runtime for a streaming URL and proxies the client's
+/// (upgrading) request to it, like the kubelet with `--redirect-container-streaming=false`.
+async fn remote_command(
     manager: &PodManager,
     verb: &str,
-    ns: &str,
-    pod: &str,
+    target: &StreamTarget,
     container: &str,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let status = match find_container(manager, ns, pod, container, false).await {
+    let pod = match target.pod(manager) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let status = match find_container(manager, &pod, container, false).await {
         Ok(s) if s.state == ContainerState::ContainerRunning as i32 => s,
         Ok(_) => {
             return full(
@@ -559,31 +695,107 @@ async fn exec(
         Err(r) => return r,
     };
     let q = query(&req);
-    let command: Vec<String> = q.get("command").cloned().unwrap_or_default();
-    if verb == "exec" && command.is_empty() {
-        return full(StatusCode::BAD_REQUEST, "exec needs at least one command\n");
-    }
-    let runtime = manager.runtime();
-    let request = ExecRequest {
-        container_id: status.id.clone(),
-        cmd: command,
-        tty: flag(&q, "tty"),
-        stdin: flag(&q, "stdin") || flag(&q, "input"),
-        stdout: flag(&q, "stdout") || flag(&q, "output"),
-        stderr: flag(&q, "stderr") || flag(&q, "error"),
+    let mut options = match StreamOptions::from_query(&q) {
+        Ok(o) => o,
+        Err(e) => return full(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
+    let runtime = manager.runtime();
     let url = if verb == "exec" {
-        runtime.exec(request).await
+        let command: Vec<String> = q.get("command").cloned().unwrap_or_default();
+        if command.is_empty() {
+            return full(StatusCode::BAD_REQUEST, "exec needs at least one command\n");
+        }
+        runtime
+            .exec(ExecRequest {
+                container_id: status.id.clone(),
+                cmd: command,
+                tty: options.tty,
+                stdin: options.stdin,
+                stdout: options.stdout,
+                stderr: options.stderr,
+            })
+            .await
     } else {
-        Err(crate::runtime::RuntimeError::Call {
-            op: "Attach",
-            code: tonic::Code::Unimplemented,
-            message: "attach is not supported by kinit agent; use exec".into(),
-        })
+        // Whether the main process has a terminal was fixed when it started: the attach
+        // follows the container's spec, whatever the client asked (as the kubelet does).
+        options.tty = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.iter().find(|c| c.name == container))
+            .and_then(|c| c.tty)
+            .unwrap_or(false);
+        if options.tty {
+            options.stderr = false;
+            if !(options.stdin || options.stdout) {
+                return full(
+                    StatusCode::BAD_REQUEST,
+                    "a container with a TTY has no separate stderr: attach to stdin or stdout\n",
+                );
+            }
+        }
+        runtime
+            .attach(AttachRequest {
+                container_id: status.id.clone(),
+                stdin: options.stdin,
+                tty: options.tty,
+                stdout: options.stdout,
+                stderr: options.stderr,
+            })
+            .await
     };
     let url = match url {
         Ok(u) => u,
-        Err(e) => return full(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        Err(e) => return runtime_failed(e),
+    };
+    match proxy_stream(&url, req).await {
+        Ok(r) => r,
+        Err(e) => full(
+            StatusCode::BAD_GATEWAY,
+            format!("proxying to the runtime's streaming server failed: {e}\n"),
+        ),
+    }
+}
+
+/// `portForward`: asks the runtime for a streaming URL into the pod's ready sandbox and
+/// proxies the client's upgrade request to it.
+async fn port_forward(
+    manager: &PodManager,
+    target: &StreamTarget,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let pod = match target.pod(manager) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let ports = match forwarded_ports(&query(&req)) {
+        Ok(p) => p,
+        Err(e) => return full(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    // A WebSocket client has no other way to name its ports (SPDY clients name them per
+    // stream).
+    if ports.is_empty() && is_websocket(&req) {
+        return full(
+            StatusCode::BAD_REQUEST,
+            "query parameter \"port\" is required for a WebSocket port-forward\n",
+        );
+    }
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let observed = match Observed::read(manager.runtime().as_ref(), &uid).await {
+        Ok(o) => o,
+        Err(e) => return runtime_failed(e),
+    };
+    let Some(sandbox) = observed.ready_sandbox() else {
+        return full(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "pod {}/{} has no running sandbox to forward ports into\n",
+                target.namespace, target.name
+            ),
+        );
+    };
+    let url = match manager.runtime().port_forward(&sandbox.id, ports).await {
+        Ok(u) => u,
+        Err(e) => return runtime_failed(e),
     };
     match proxy_stream(&url, req).await {
         Ok(r) => r,
@@ -669,6 +881,46 @@ mod tests {
             "2024-01-01T00:00:01.1Z partial\n2024-01-01T00:00:02.1Z bye\n"
         );
         assert_eq!(render_log(log, Some(0), false), "");
+    }
+
+    fn q(s: &str) -> HashMap<String, Vec<String>> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        for (k, v) in url_pairs(s) {
+            out.entry(k).or_default().push(v);
+        }
+        out
+    }
+
+    #[test]
+    fn stream_options_read_the_kubelet_parameters() {
+        let o = StreamOptions::from_query(&q("input=1&output=1&error=1")).unwrap();
+        assert!(o.stdin && o.stdout && o.stderr && !o.tty);
+        // A terminal has no separate stderr; the API server's names work too.
+        let o = StreamOptions::from_query(&q("stdin=true&stdout=true&stderr=true&tty=true"));
+        assert_eq!(
+            o.unwrap(),
+            StreamOptions {
+                stdin: true,
+                stdout: true,
+                stderr: false,
+                tty: true
+            }
+        );
+        assert!(StreamOptions::from_query(&q("tty=1&error=1")).is_err());
+        assert!(StreamOptions::from_query(&q("input=0&output=false")).is_err());
+    }
+
+    #[test]
+    fn forwarded_ports_are_validated() {
+        assert_eq!(
+            forwarded_ports(&q("port=8080&port=90,91")).unwrap(),
+            [8080, 90, 91]
+        );
+        assert_eq!(forwarded_ports(&q("ports=53")).unwrap(), [53]);
+        assert!(forwarded_ports(&q("")).unwrap().is_empty());
+        for bad in ["port=0", "port=65536", "port=http", "port="] {
+            assert!(forwarded_ports(&q(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

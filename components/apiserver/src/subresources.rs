@@ -470,6 +470,28 @@ pub fn node_endpoint(node: &Value) -> Option<NodeEndpoint> {
 /// `pods/<name>/log|exec|attach|portforward`.
 pub async fn pod_proxy(ctx: &Ctx<'_>, request: http::Request<Body>) -> Result<Response, ApiError> {
     let t = ctx.target;
+    if request.method() == http::Method::GET
+        && matches!(t.subresource.as_str(), "exec" | "attach" | "portforward")
+    {
+        // A WebSocket upgrade must be a GET, which was authorized as `get`; starting a command
+        // or a tunnel also needs `create`, as on the POST (SPDY) path — like the kube-apiserver
+        // (AuthorizePodWebsocketUpgradeCreatePermission, on by default since 1.35).
+        let mut attrs = kinit_auth::Attributes::resource(
+            ctx.user.clone(),
+            "create",
+            &t.namespace,
+            t.def.group,
+            t.def.resource,
+            &t.name,
+        );
+        attrs.subresource = t.subresource.clone();
+        attrs.api_version = t.def.version.to_string();
+        attrs.path = request.uri().path().to_string();
+        let decision = ctx.state.access.authorize(&attrs).await;
+        if !decision.allowed {
+            return Err(crate::access::forbidden(&attrs, &decision.reason));
+        }
+    }
     let (pod, _) = ctx
         .state
         .objects
@@ -529,11 +551,7 @@ pub async fn pod_proxy(ctx: &Ctx<'_>, request: http::Request<Body>) -> Result<Re
         "portforward" => format!("/portForward/{}/{}", t.namespace, t.name),
         other => format!("/{other}/{}/{}/{container}", t.namespace, t.name),
     };
-    let query = request
-        .uri()
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
+    let query = agent_query(&t.subresource, request.uri().query())?;
     proxy
         .forward(NodeRequest {
             endpoint,
@@ -543,8 +561,126 @@ pub async fn pod_proxy(ctx: &Ctx<'_>, request: http::Request<Body>) -> Result<Re
         .await
 }
 
+/// A boolean query parameter as the Kubernetes API reads it: absent is false, present is true
+/// unless its first value is `0` or `false` (any case) — so `stdin=true`, Python's `stdin=True`
+/// and `stdin=1` all mean true.
+fn query_bool(pairs: &[(String, String)], key: &str) -> bool {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .is_some_and(|(_, v)| v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// The agent's query for a pod subresource, built like the kube-apiserver builds the kubelet's:
+/// exec/attach options (`stdin`, `stdout`, `stderr`, `tty`, `command`) become the kubelet's
+/// `input|output|error|tty=1` and `command=`; port-forward's `ports` (repeated or
+/// comma-separated) become `port=`; log options pass through. The container is in the path.
+pub fn agent_query(subresource: &str, raw: Option<&str>) -> Result<String, ApiError> {
+    let raw = raw.unwrap_or("");
+    if subresource == "log" {
+        return Ok(if raw.is_empty() {
+            String::new()
+        } else {
+            format!("?{raw}")
+        });
+    }
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw)
+        .map_err(|e| ApiError::bad_request(format!("invalid query {raw:?}: {e}")))?;
+    let mut out: Vec<(&str, String)> = Vec::new();
+    match subresource {
+        "exec" | "attach" => {
+            for (option, kubelet) in [
+                ("stdin", "input"),
+                ("stdout", "output"),
+                ("stderr", "error"),
+                ("tty", "tty"),
+            ] {
+                if query_bool(&pairs, option) {
+                    out.push((kubelet, "1".into()));
+                }
+            }
+            if subresource == "exec" {
+                out.extend(
+                    pairs
+                        .iter()
+                        .filter(|(k, _)| k == "command")
+                        .map(|(_, v)| ("command", v.clone())),
+                );
+            }
+        }
+        "portforward" => {
+            let mut ports = Vec::new();
+            for value in pairs.iter().filter(|(k, _)| k == "ports").map(|(_, v)| v) {
+                for p in value.split(',') {
+                    match p.trim().parse::<u16>() {
+                        Ok(port) if port > 0 => ports.push(port.to_string()),
+                        _ => {
+                            return Err(ApiError::bad_request(format!(
+                                "invalid port {p:?} in ports={value:?}: ports must be 1-65535"
+                            )))
+                        }
+                    }
+                }
+            }
+            if !ports.is_empty() {
+                out.push(("port", ports.join(",")));
+            }
+        }
+        _ => {}
+    }
+    if out.is_empty() {
+        return Ok(String::new());
+    }
+    let encoded = serde_urlencoded::to_string(&out)
+        .map_err(|e| ApiError::internal(format!("encoding the agent query: {e}")))?;
+    Ok(format!("?{encoded}"))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn agent_queries_use_the_kubelet_parameters() {
+        // kubectl: stdin/stdout/tty=true; the container goes in the path, not the query.
+        assert_eq!(
+            agent_query(
+                "attach",
+                Some("container=c&stdin=true&stdout=true&stderr=false&tty=true")
+            )
+            .unwrap(),
+            "?input=1&output=1&tty=1"
+        );
+        // The Python client: Python booleans, a command with spaces.
+        assert_eq!(
+            agent_query(
+                "exec",
+                Some("command=sh&command=-c&command=echo+hi%26there&stderr=True&stdin=False&stdout=True&tty=False")
+            )
+            .unwrap(),
+            "?output=1&error=1&command=sh&command=-c&command=echo+hi%26there"
+        );
+        assert_eq!(
+            agent_query("portforward", Some("ports=8080&ports=90,91")).unwrap(),
+            "?port=8080%2C90%2C91"
+        );
+        assert_eq!(agent_query("portforward", None).unwrap(), "");
+        assert_eq!(
+            agent_query("portforward", Some("ports=0"))
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(
+            agent_query("portforward", Some("ports=http"))
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(
+            agent_query("log", Some("tailLines=2&follow=true")).unwrap(),
+            "?tailLines=2&follow=true"
+        );
+    }
+
     use super::*;
 
     #[test]
