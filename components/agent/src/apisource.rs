@@ -32,7 +32,7 @@ impl StatusSink for ApiStatusSink {
     async fn report(&self, pod: &Pod, source: PodSource, status: &PodStatus) {
         let (ns, name, _) = crate::spec::pod_key(pod);
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        let patch = json!({ "status": status });
+        let patch = status_patch(status);
         match api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -114,4 +114,43 @@ pub async fn watch_pods(
         }
     }
     Ok(())
+}
+/// The merge patch that makes the API's pod status `status`: lists are replaced whole by a
+/// merge patch, but a field the new status no longer has (a cleared `reason` or `message`, e.g.
+/// `FailedCreatePodSandBox` once the sandbox exists) must be sent as `null` to be removed.
+/// (`nominatedNodeName` is the scheduler's and left alone.)
+pub fn status_patch(status: &PodStatus) -> serde_json::Value {
+    let mut value = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
+    if let Some(map) = value.as_object_mut() {
+        for field in ["reason", "message"] {
+            map.entry(field).or_insert(serde_json::Value::Null);
+        }
+    }
+    json!({ "status": value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cleared_reason_and_message_are_removed_by_the_patch() {
+        let recovered = PodStatus {
+            phase: Some("Running".into()),
+            ..Default::default()
+        };
+        let patch = status_patch(&recovered);
+        assert_eq!(patch["status"]["phase"], "Running");
+        assert!(patch["status"]["reason"].is_null());
+        assert!(patch["status"].as_object().unwrap().contains_key("reason"));
+        assert!(patch["status"].as_object().unwrap().contains_key("message"));
+        let failing = PodStatus {
+            reason: Some("FailedCreatePodSandBox".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            status_patch(&failing)["status"]["reason"],
+            "FailedCreatePodSandBox"
+        );
+    }
 }

@@ -41,6 +41,7 @@ struct Inner {
     images: HashSet<String>,
     calls: Vec<String>,
     exec_results: BTreeMap<String, i32>,
+    failing_sandboxes: usize,
 }
 
 /// The fake runtime. Every image is present unless [`FakeRuntime::remove_image`] said otherwise.
@@ -73,6 +74,11 @@ impl FakeRuntime {
     pub fn set_clock(&self, ns: i64) {
         let mut inner = self.inner.lock().unwrap();
         inner.clock = inner.clock.max(ns);
+    }
+
+    /// Makes the next `n` RunPodSandbox calls fail (as a CNI error would).
+    pub fn fail_sandboxes(&self, n: usize) {
+        self.inner.lock().unwrap().failing_sandboxes = n;
     }
 
     /// The CRI calls made so far, e.g. `"StartContainer web"`.
@@ -163,6 +169,15 @@ impl Runtime for FakeRuntime {
 
     async fn run_pod_sandbox(&self, config: &PodSandboxConfig) -> Result<String, RuntimeError> {
         let mut inner = self.inner.lock().unwrap();
+        if inner.failing_sandboxes > 0 {
+            inner.failing_sandboxes -= 1;
+            Self::record(&mut inner, "RunPodSandbox failed".to_string());
+            return Err(RuntimeError::Call {
+                op: "RunPodSandbox",
+                code: tonic::Code::Unknown,
+                message: "failed to setup network for sandbox: plugin failed".into(),
+            });
+        }
         inner.next += 1;
         let id = format!("sb{}", inner.next);
         let now = Self::tick(&mut inner);

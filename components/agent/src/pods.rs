@@ -26,6 +26,10 @@ use crate::AgentError;
 pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 /// Longest restart back-off.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// First wait after a failed pod sandbox (CNI or runtime error) before the next attempt.
+pub const SANDBOX_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+/// Longest wait between sandbox attempts (the kubelet's pod worker waits 10 s after errors).
+pub const SANDBOX_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How often content volumes (configMap, secret, token) are rewritten.
 pub const VOLUME_REFRESH: Duration = Duration::from_secs(60);
 
@@ -74,6 +78,39 @@ pub struct PodState {
     pub waiting: BTreeMap<String, (String, String)>,
     /// Images pulled for `imagePullPolicy: Always`, keyed by container name and attempt.
     pub pulled: BTreeMap<(String, u32), String>,
+    /// The last failed sandbox attempt: when, the wait before the next one, and why.
+    pub sandbox_failure: Option<SandboxFailure>,
+}
+
+/// A failed pod sandbox attempt; the next waits `delay` (doubling up to
+/// [`SANDBOX_BACKOFF_MAX`]), so a sandbox that cannot be created (say, a CNI error) is not
+/// retried in a tight loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxFailure {
+    /// When it failed (ns since the epoch).
+    pub at_ns: i64,
+    /// Wait before the next attempt.
+    pub delay: Duration,
+    /// The error, as reported in the pod's status.
+    pub message: String,
+}
+
+impl SandboxFailure {
+    /// The failure after `previous`, at `now_ns`.
+    pub fn next(previous: Option<&SandboxFailure>, now_ns: i64, message: String) -> Self {
+        SandboxFailure {
+            at_ns: now_ns,
+            delay: previous
+                .map(|p| (p.delay * 2).min(SANDBOX_BACKOFF_MAX))
+                .unwrap_or(SANDBOX_BACKOFF_INITIAL),
+            message,
+        }
+    }
+
+    /// Whether a new attempt must still wait at `now_ns`.
+    pub fn waiting(&self, now_ns: i64) -> bool {
+        now_ns - self.at_ns < self.delay.as_nanos() as i64
+    }
 }
 
 /// Everything a sync needs besides the pod.
@@ -277,6 +314,27 @@ pub async fn sync_pod(
                 .filter_map(|s| s.metadata.as_ref().map(|m| m.attempt + 1))
                 .max()
                 .unwrap_or(0);
+            if let Some(failure) = state
+                .sandbox_failure
+                .as_ref()
+                .filter(|f| f.waiting(ctx.now_ns))
+            {
+                let message = format!(
+                    "back-off {}s creating the pod sandbox; last attempt: {}",
+                    failure.delay.as_secs(),
+                    failure.message
+                );
+                for c in all_containers(pod) {
+                    state.waiting.insert(
+                        c.name.clone(),
+                        ("ContainerCreating".into(), message.clone()),
+                    );
+                }
+                let mut status = compute_status(ctx, pod, &observed, state);
+                status.message = Some(message);
+                status.reason = Some("FailedCreatePodSandBox".into());
+                return Ok(status);
+            }
             let config = spec::sandbox_config(ctx.settings, pod, attempt);
             std::fs::create_dir_all(&config.log_directory).map_err(|e| {
                 AgentError::Volume(format!(
@@ -285,10 +343,18 @@ pub async fn sync_pod(
                 ))
             })?;
             match ctx.runtime.run_pod_sandbox(&config).await {
-                Ok(id) => id,
+                Ok(id) => {
+                    state.sandbox_failure = None;
+                    id
+                }
                 Err(e) => {
                     // Reported like the kubelet: the pod stays Pending with the reason.
                     let message = format!("failed to create the pod sandbox: {e}");
+                    state.sandbox_failure = Some(SandboxFailure::next(
+                        state.sandbox_failure.as_ref(),
+                        ctx.now_ns,
+                        message.clone(),
+                    ));
                     // Logged too: a static control-plane pod fails before any API can show it.
                     tracing::warn!(pod = %uid, name = ?pod.metadata.name, "{message}");
                     for c in all_containers(pod) {

@@ -198,6 +198,43 @@ async fn containers_get_service_links_and_the_managed_hosts_file() {
 }
 
 #[tokio::test]
+async fn a_failing_sandbox_is_retried_with_back_off_not_in_a_loop() {
+    let mut h = Harness::new();
+    let p = pod(serde_json::json!({"containers": [{"name": "app", "image": "busybox:1"}]}));
+    let attempts = |h: &Harness| {
+        h.rt.calls()
+            .iter()
+            .filter(|c| c.starts_with("RunPodSandbox"))
+            .count()
+    };
+    h.rt.fail_sandboxes(2);
+    let status = h.sync(&p).await;
+    assert_eq!(status.reason.as_deref(), Some("FailedCreatePodSandBox"));
+    assert_eq!(attempts(&h), 1);
+    // Woken again at once (the runtime's relist saw the sandbox come and go): no new attempt.
+    h.now += S / 10;
+    let status = h.sync(&p).await;
+    assert_eq!(attempts(&h), 1);
+    assert!(
+        status.message.as_deref().unwrap().contains("back-off 1s"),
+        "{:?}",
+        status.message
+    );
+    // After the first second a second attempt, which fails too: now 2 s.
+    h.now += S;
+    h.sync(&p).await;
+    assert_eq!(attempts(&h), 2);
+    h.now += S + S / 2;
+    h.sync(&p).await;
+    assert_eq!(attempts(&h), 2, "still within the 2 s back-off");
+    h.now += S;
+    let status = h.sync(&p).await;
+    assert_eq!(attempts(&h), 3);
+    assert_eq!(status.reason, None);
+    assert!(h.state.sandbox_failure.is_none());
+}
+
+#[tokio::test]
 async fn init_containers_run_in_order_then_apps() {
     let mut h = Harness::new();
     let p = pod(serde_json::json!({

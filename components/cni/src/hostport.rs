@@ -80,20 +80,25 @@ impl<'de> Deserialize<'de> for Protocol {
     }
 }
 
-/// One entry of `runtimeConfig.portMappings`.
+/// One entry of `runtimeConfig.portMappings`. The CNI conventions spell the keys `hostPort`,
+/// `containerPort`, `protocol`, `hostIP`; containerd (go-cni) sends Go's field names
+/// (`HostPort`, `ContainerPort`, `Protocol`, `HostIP`), which Go plugins accept because Go's
+/// JSON decoding ignores case. Both spellings are read.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PortMapping {
     /// Port on the node.
+    #[serde(alias = "HostPort")]
     pub host_port: u16,
     /// Port inside the pod.
+    #[serde(alias = "ContainerPort")]
     pub container_port: u16,
     /// `tcp` (default), `udp` or `sctp`.
-    #[serde(default)]
+    #[serde(default, alias = "Protocol")]
     pub protocol: Protocol,
     /// Only this node address forwards; empty, `0.0.0.0` or `::` mean every local address
     /// (of that family).
-    #[serde(default, rename = "hostIP")]
+    #[serde(default, rename = "hostIP", alias = "HostIP", alias = "hostIp")]
     pub host_ip: Option<String>,
 }
 
@@ -534,6 +539,15 @@ mod tests {
         assert_eq!(m[2].protocol, Protocol::Sctp);
         assert_eq!(m[2].host_ip.as_deref(), Some("10.0.0.5"));
         assert_eq!(m[3].protocol, Protocol::Tcp);
+        // What containerd 1.6 (go-cni) sends: Go's field names.
+        let from_containerd = pm(serde_json::json!([
+            {"HostPort": 18080, "ContainerPort": 8080, "Protocol": "tcp", "HostIP": ""},
+            {"HostPort": 5353, "ContainerPort": 53, "Protocol": "udp", "HostIP": "10.0.0.5"}
+        ]));
+        assert_eq!(from_containerd[0].host_port, 18080);
+        assert_eq!(from_containerd[0].container_port, 8080);
+        assert_eq!(from_containerd[1].protocol, Protocol::Udp);
+        assert_eq!(from_containerd[1].host_ip.as_deref(), Some("10.0.0.5"));
         assert!(port_mappings(None).unwrap().is_empty());
         assert!(port_mappings(Some(&serde_json::json!({})))
             .unwrap()
