@@ -219,13 +219,22 @@ async fn online_loops(
             }
         }
     };
-    let proxy = start_proxy(&client, &settings).await;
-    let mut objects = ApiObjects::new(client.clone(), ca_pem);
-    if let Some(proxy) = &proxy {
-        objects = objects.with_service_cache(proxy.services());
-    }
-    manager.set_sources(Arc::new(objects));
-    let network = tokio::spawn(crate::network::run(client.clone(), settings.clone()));
+    // The proxy starts (and, without nft, keeps retrying) on its own; the service environment
+    // reads its Service cache once there is one.
+    let services = Arc::new(std::sync::OnceLock::new());
+    manager.set_sources(Arc::new(
+        ApiObjects::new(client.clone(), ca_pem).with_service_cache(services.clone()),
+    ));
+    let proxy = tokio::spawn(run_proxy(client.clone(), settings.clone(), services));
+    let network = match crate::network::spawn(client.clone(), settings.clone()) {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::error!(
+                "the pod network cannot start its thread: {e}; pods reach only pods on this node"
+            );
+            None
+        }
+    };
 
     let heartbeat = {
         let (client, settings, runtime, node_uid) = (
@@ -302,42 +311,44 @@ async fn online_loops(
         })
     };
 
-    struct AbortOnDrop(Vec<JoinHandle<()>>);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            for t in &self.0 {
-                t.abort();
-            }
-        }
-    }
-    let guard = AbortOnDrop(vec![heartbeat, watch, mirrors, network]);
+    let guard = crate::AbortOnDrop(vec![heartbeat, watch, mirrors, proxy]);
     futures::future::pending::<()>().await;
-    drop((guard, proxy));
+    drop((guard, network));
 }
 
-/// Starts the service proxy when the configuration asks for it (`serviceProxy`, with the
-/// cluster's pod CIDR for its masquerade decisions). A proxy that cannot start (no `nft`) is
-/// logged; the node runs without Services rather than not at all.
-async fn start_proxy(
-    client: &kube::Client,
-    settings: &Settings,
-) -> Option<kinit_proxy::ProxyHandle> {
+/// Runs the service proxy while the agent runs, when the configuration asks for it
+/// (`serviceProxy`, with the cluster's pod CIDR for its masquerade decisions). A proxy that
+/// cannot start (say, `nft` is missing) is retried every 30 s; the node runs without Services
+/// meanwhile rather than not at all. `services` receives the proxy's Service cache.
+async fn run_proxy(
+    client: kube::Client,
+    settings: Arc<Settings>,
+    services: Arc<
+        std::sync::OnceLock<kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>>,
+    >,
+) {
     if !settings.config.service_proxy {
         tracing::info!("the service proxy is off (serviceProxy: false)");
-        return None;
+        return;
     }
     let config = kinit_proxy::ProxyConfig {
         node_name: settings.node_name.clone(),
         cluster_cidrs: settings.config.cluster_cidr.into_iter().collect(),
         ..kinit_proxy::ProxyConfig::default()
     };
-    match kinit_proxy::start(client.clone(), config).await {
-        Ok(handle) => Some(handle),
-        Err(e) => {
-            tracing::error!(
-                "the service proxy cannot start, Services have no data plane on this node: {e}"
-            );
-            None
+    let handle = loop {
+        match kinit_proxy::start(client.clone(), config.clone()).await {
+            Ok(handle) => break handle,
+            Err(e) => {
+                tracing::error!(
+                    "the service proxy cannot start, Services have no data plane on this node (retrying in 30 s): {e}; install nftables (apt-get install -y nftables)"
+                );
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
         }
-    }
+    };
+    let _ = services.set(handle.services());
+    // Dropping the handle stops the proxy (this task is aborted when the agent stops).
+    let _handle = handle;
+    futures::future::pending::<()>().await;
 }

@@ -106,6 +106,11 @@ pub struct AgentConfiguration {
     /// Cluster domain (search path `<ns>.svc.<domain>`).
     #[serde(default = "default_cluster_domain")]
     pub cluster_domain: String,
+    /// The host resolver file pods with `dnsPolicy: Default` get (the kubelet's
+    /// `--resolv-conf`). When it names only systemd-resolved's stub, the upstreams in
+    /// `/run/systemd/resolve/resolv.conf` are used instead.
+    #[serde(default = "default_resolv_conf")]
+    pub resolv_conf: PathBuf,
     /// The whole cluster's pod network: routes to other nodes' ranges are kept inside it, and
     /// traffic from outside it to a ClusterIP is masqueraded (kube-proxy's `clusterCIDR`).
     /// Without it the agent keeps no pod routes and runs no service proxy.
@@ -168,6 +173,9 @@ pub struct AgentConfiguration {
 
 fn default_cni_mode() -> CniMode {
     CniMode::Auto
+}
+fn default_resolv_conf() -> PathBuf {
+    "/etc/resolv.conf".into()
 }
 fn default_true() -> bool {
     true

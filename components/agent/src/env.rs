@@ -181,14 +181,14 @@ pub fn service_links(
     }
     let mut out = Vec::new();
     for (name, svc) in chosen {
-        let Some(spec) = &svc.spec else { continue };
-        let Some(ip) = spec
-            .cluster_ip
-            .as_deref()
-            .filter(|ip| !ip.is_empty() && *ip != "None")
+        let Some(spec) = svc
+            .spec
+            .as_ref()
+            .filter(|_| kinit_rules::has_cluster_ip(svc))
         else {
             continue;
         };
+        let ip = spec.cluster_ip.as_deref().unwrap_or_default();
         let prefix = name.to_uppercase().replace('-', "_");
         let ports = spec.ports.as_deref().unwrap_or_default();
         let host_port = |port: i32| match ip.parse::<std::net::IpAddr>() {

@@ -29,6 +29,17 @@ mod agent;
 pub use agent::{client_from_kubeconfig, run, Agent};
 pub use config::{AgentArgs, AgentConfiguration, Settings};
 
+/// Aborts its tasks when dropped, so a stopped agent leaves no loop behind.
+pub(crate) struct AbortOnDrop(pub(crate) Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
 /// Errors of the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

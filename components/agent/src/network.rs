@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
-use kinit_cni::network::{decide, CniMode, NetworkConfig, NodeNetwork, Peer};
+use kinit_cni::network::{decide, Backend, CniMode, NetworkConfig, NodeNetwork, Peer};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -77,8 +77,49 @@ pub fn peers(nodes: &[Arc<Node>]) -> Vec<Peer> {
     out
 }
 
-/// Runs the pod network of this node until the task is dropped. Without `clusterCIDR` in the
-/// configuration there is nothing to route and the task ends at once.
+/// The pod network's own thread; dropping it stops the thread (routes and VXLAN entries stay,
+/// so pod traffic keeps flowing while the agent restarts).
+pub struct NetworkHandle {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for NetworkHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts the pod network on a thread of its own: a sync runs `nft` and writes sysctls
+/// synchronously, which must not stall the agent's async workers.
+pub fn spawn(client: kube::Client, settings: Arc<Settings>) -> std::io::Result<NetworkHandle> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("kinit-network".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("the pod network cannot start its runtime: {e}");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                tokio::select! {
+                    _ = run(client, settings) => {}
+                    _ = stopped => {}
+                }
+            });
+        })?;
+    Ok(NetworkHandle { stop: Some(stop) })
+}
+
+/// Runs the pod network of this node until the future is dropped. Without `clusterCIDR` in
+/// the configuration there is nothing to route and it ends at once.
 pub async fn run(client: kube::Client, settings: Arc<Settings>) {
     let Some(cluster_cidr) = settings.config.cluster_cidr else {
         tracing::info!("no clusterCIDR configured: pod routes to other nodes are not managed");
@@ -97,7 +138,7 @@ pub async fn run(client: kube::Client, settings: Arc<Settings>) {
             let mut stream = watcher::watcher(nodes, watcher::Config::default())
                 .default_backoff()
                 .reflect(writer)
-                .applied_objects()
+                .touched_objects()
                 .boxed();
             loop {
                 match stream.next().await {
@@ -111,13 +152,7 @@ pub async fn run(client: kube::Client, settings: Arc<Settings>) {
             }
         })
     };
-    struct AbortOnDrop(tokio::task::JoinHandle<()>);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let _watch = AbortOnDrop(watch);
+    let _watch = crate::AbortOnDrop(vec![watch]);
     if store.wait_until_ready().await.is_err() {
         return;
     }
@@ -163,17 +198,9 @@ pub async fn run(client: kube::Client, settings: Arc<Settings>) {
         }
     };
     let mode = settings.config.cni_mode;
-    let mut published: Option<BTreeMap<String, String>> = None;
+    let mut backend = None;
     loop {
-        sync_once(
-            &client,
-            &settings,
-            &store,
-            mode,
-            &mut network,
-            &mut published,
-        )
-        .await;
+        sync_once(&client, &settings, &store, mode, &mut network, &mut backend).await;
         tokio::select! {
             _ = changed.notified() => tokio::time::sleep(DEBOUNCE).await,
             _ = tokio::time::sleep(RESYNC) => {}
@@ -187,33 +214,59 @@ async fn sync_once(
     store: &Store<Node>,
     mode: CniMode,
     network: &mut NodeNetwork,
-    published: &mut Option<BTreeMap<String, String>>,
+    last_backend: &mut Option<Backend>,
 ) {
-    let peers = peers(&store.state());
+    let nodes = store.state();
+    let peers = peers(&nodes);
     let backend = decide(mode, network.facts(), &peers);
+    if let Some(previous) = last_backend.filter(|b| *b != backend) {
+        tracing::warn!(
+            "the pod network switched from {} to {}: pods started before keep their interface MTU (pods need {} now); restart them (kubectl rollout restart) if large transfers stall",
+            previous.as_str(),
+            backend.as_str(),
+            network.facts().pod_mtu(backend)
+        );
+    }
+    *last_backend = Some(backend);
     match network.sync(backend, &peers).await {
-        Ok(report) if report.changed() => {
-            tracing::info!(
-                backend = ?report.backend,
-                pod_mtu = report.pod_mtu,
-                routes_added = ?report.routes_added,
-                routes_removed = ?report.routes_removed,
-                fdb_added = ?report.fdb_added,
-                fdb_removed = ?report.fdb_removed,
-                device = ?report.device,
-                "pod network synced"
-            );
-            for s in &report.skipped {
-                tracing::warn!("pod network: {s:?}");
+        Ok(report) => {
+            if report.changed() {
+                tracing::info!(
+                    backend = backend.as_str(),
+                    pod_mtu = report.pod_mtu,
+                    device = ?report.device,
+                    routes_added = ?report.routes_added,
+                    routes_removed = ?report.routes_removed,
+                    neighbours_added = ?report.neighbours_added,
+                    neighbours_removed = ?report.neighbours_removed,
+                    fdb_added = ?report.fdb_added,
+                    fdb_removed = ?report.fdb_removed,
+                    "pod network synced"
+                );
+            }
+            for skipped in &report.skipped {
+                tracing::warn!(
+                    "pod network: no route to node {}: {}",
+                    skipped.name,
+                    skipped.reason
+                );
             }
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("syncing the pod network failed (retried): {e}"),
+        Err(e) => tracing::warn!(
+            "syncing the pod network failed (retried on the next Node change, at the latest in a minute): {e}"
+        ),
     }
+    // Compared with the Node as the API has it, so annotations that were removed, or a Node
+    // that was recreated, get them again.
     let wanted = network.facts().annotations(backend);
-    if published.as_ref() != Some(&wanted) {
+    let current: BTreeMap<String, String> = nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(settings.node_name.as_str()))
+        .and_then(|n| n.metadata.annotations.clone())
+        .unwrap_or_default();
+    if wanted.iter().any(|(k, v)| current.get(k) != Some(v)) {
         let patch = serde_json::json!({"metadata": {"annotations": wanted}});
-        match Api::<Node>::all(client.clone())
+        if let Err(e) = Api::<Node>::all(client.clone())
             .patch(
                 &settings.node_name,
                 &PatchParams::default(),
@@ -221,8 +274,10 @@ async fn sync_once(
             )
             .await
         {
-            Ok(_) => *published = Some(wanted),
-            Err(e) => tracing::warn!("publishing this node's network facts failed: {e}"),
+            tracing::warn!(
+                "publishing this node's network facts on Node {} failed (retried): {e}",
+                settings.node_name
+            );
         }
     }
 }

@@ -6,6 +6,7 @@ use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, T
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::reflector::Store;
+use std::sync::{Arc, OnceLock};
 
 use crate::AgentError;
 
@@ -39,7 +40,7 @@ pub trait ObjectSource: Send + Sync + 'static {
 pub struct ApiObjects {
     client: kube::Client,
     ca_pem: Option<String>,
-    services: Option<Store<Service>>,
+    services: Arc<OnceLock<Store<Service>>>,
 }
 
 impl ApiObjects {
@@ -48,14 +49,14 @@ impl ApiObjects {
         ApiObjects {
             client,
             ca_pem,
-            services: None,
+            services: Arc::new(OnceLock::new()),
         }
     }
 
-    /// Reads Services from `store` (the service proxy's cache) once it has its first list,
-    /// instead of listing them per container start.
-    pub fn with_service_cache(mut self, store: Store<Service>) -> ApiObjects {
-        self.services = Some(store);
+    /// Reads Services from the store put into `cache` (the service proxy's, once it runs and
+    /// has its first list) instead of listing them per container start.
+    pub fn with_service_cache(mut self, cache: Arc<OnceLock<Store<Service>>>) -> ApiObjects {
+        self.services = cache;
         self
     }
 }
@@ -124,7 +125,7 @@ impl ObjectSource for ApiObjects {
         let ready = |s: &&Store<Service>| {
             futures::FutureExt::now_or_never(s.wait_until_ready()).is_some_and(|r| r.is_ok())
         };
-        if let Some(store) = self.services.as_ref().filter(ready) {
+        if let Some(store) = self.services.get().filter(ready) {
             return Ok(store
                 .state()
                 .iter()

@@ -77,8 +77,10 @@ pub fn pod_cgroup(settings: &Settings, uid: &str) -> String {
     }
 }
 
-fn host_resolv_conf() -> DnsConfig {
-    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+/// Where systemd-resolved keeps the real upstreams when `/etc/resolv.conf` names its stub.
+pub const SYSTEMD_RESOLVED_UPSTREAMS: &str = "/run/systemd/resolve/resolv.conf";
+
+fn parse_resolv_conf(text: &str) -> DnsConfig {
     let mut dns = DnsConfig::default();
     for line in text.lines() {
         let mut words = line.split_whitespace();
@@ -92,6 +94,44 @@ fn host_resolv_conf() -> DnsConfig {
     dns
 }
 
+/// The host's resolver configuration as the kubelet reads `--resolv-conf`: `path`, except that
+/// when it names only loopback servers (systemd-resolved's stub 127.0.0.53, which a pod's own
+/// network namespace cannot reach) and `resolved` exists, the upstreams listed there — what
+/// kubeadm points the kubelet at on systemd-resolved hosts.
+pub fn host_resolv_conf_from(path: &Path, resolved: &Path) -> DnsConfig {
+    let dns = parse_resolv_conf(&std::fs::read_to_string(path).unwrap_or_default());
+    let loopback_only = !dns.servers.is_empty()
+        && dns.servers.iter().all(|s| {
+            s.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+        });
+    if loopback_only {
+        if let Ok(text) = std::fs::read_to_string(resolved) {
+            let upstream = parse_resolv_conf(&text);
+            if !upstream.servers.is_empty() {
+                return upstream;
+            }
+        }
+    }
+    dns
+}
+
+fn host_resolv_conf(settings: &Settings) -> DnsConfig {
+    host_resolv_conf_from(
+        &settings.config.resolv_conf,
+        Path::new(SYSTEMD_RESOLVED_UPSTREAMS),
+    )
+}
+
+/// Appends `extra` to `list`, leaving out what is already there.
+fn extend_unique(list: &mut Vec<String>, extra: impl IntoIterator<Item = String>) {
+    for item in extra {
+        if !list.contains(&item) {
+            list.push(item);
+        }
+    }
+}
+
 /// The pod's resolv.conf per dnsPolicy (ClusterFirst, ClusterFirstWithHostNet, Default, None)
 /// plus `spec.dnsConfig`.
 pub fn dns_config(settings: &Settings, pod: &Pod) -> DnsConfig {
@@ -100,27 +140,30 @@ pub fn dns_config(settings: &Settings, pod: &Pod) -> DnsConfig {
     let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
     let cluster = |_: ()| {
         let domain = &settings.config.cluster_domain;
+        let mut searches = vec![
+            format!("{ns}.svc.{domain}"),
+            format!("svc.{domain}"),
+            domain.clone(),
+        ];
+        // The kubelet appends the host's search domains to the cluster's.
+        extend_unique(&mut searches, host_resolv_conf(settings).searches);
         DnsConfig {
             servers: settings.config.cluster_dns.clone(),
-            searches: vec![
-                format!("{ns}.svc.{domain}"),
-                format!("svc.{domain}"),
-                domain.clone(),
-            ],
+            searches,
             options: vec!["ndots:5".into()],
         }
     };
     let host_net = spec.host_network.unwrap_or(false);
     let mut dns = match policy {
         "None" => DnsConfig::default(),
-        "Default" => host_resolv_conf(),
-        "ClusterFirst" if host_net => host_resolv_conf(),
-        _ if settings.config.cluster_dns.is_empty() => host_resolv_conf(),
+        "Default" => host_resolv_conf(settings),
+        "ClusterFirst" if host_net => host_resolv_conf(settings),
+        _ if settings.config.cluster_dns.is_empty() => host_resolv_conf(settings),
         _ => cluster(()),
     };
     if let Some(extra) = spec.dns_config {
-        dns.servers.extend(extra.nameservers.unwrap_or_default());
-        dns.searches.extend(extra.searches.unwrap_or_default());
+        extend_unique(&mut dns.servers, extra.nameservers.unwrap_or_default());
+        extend_unique(&mut dns.searches, extra.searches.unwrap_or_default());
         for opt in extra.options.unwrap_or_default() {
             let name = opt.name.unwrap_or_default();
             dns.options
@@ -131,8 +174,13 @@ pub fn dns_config(settings: &Settings, pod: &Pod) -> DnsConfig {
             });
         }
     }
+    // The kubelet's limits (MaxDNSSearchPaths); resolvers ignore what lies beyond anyway.
+    dns.searches.truncate(MAX_DNS_SEARCHES);
     dns
 }
+
+/// At most this many search domains reach a pod (the kubelet's `MaxDNSSearchPaths`).
+pub const MAX_DNS_SEARCHES: usize = 32;
 
 fn namespace_options(pod: &Pod) -> NamespaceOption {
     let spec = pod.spec.clone().unwrap_or_default();
@@ -181,9 +229,7 @@ pub fn sandbox_config(settings: &Settings, pod: &Pod, attempt: u32) -> PodSandbo
     let hostname = if spec.host_network.unwrap_or(false) {
         String::new()
     } else {
-        let mut h = spec.hostname.clone().unwrap_or_else(|| name.clone());
-        h.truncate(63);
-        h.trim_end_matches(['-', '.']).to_string()
+        crate::etc_hosts::pod_hostname(pod)
     };
     let port_mappings = spec
         .containers
@@ -488,5 +534,117 @@ mod tests {
         assert_eq!(r.memory_limit_in_bytes, 64 << 20);
         let sc = cfg.linux.unwrap().security_context.unwrap();
         assert_eq!(sc.capabilities.unwrap().add_capabilities, vec!["NET_ADMIN"]);
+    }
+
+    fn dns_pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "shop", "uid": "u"},
+            "spec": spec
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn dns_policies_as_the_kubelet_applies_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("resolv.conf");
+        std::fs::write(
+            &host,
+            "nameserver 10.0.0.2\nsearch corp.example\noptions timeout:1\n",
+        )
+        .unwrap();
+        let mut s = settings();
+        s.config.resolv_conf = host.clone();
+        let c = |spec| dns_config(&s, &dns_pod(spec));
+
+        let first = c(serde_json::json!({"containers": []}));
+        assert_eq!(first.servers, ["10.96.0.10"]);
+        assert_eq!(
+            first.searches,
+            [
+                "shop.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "corp.example"
+            ],
+            "the host's search domains follow the cluster's"
+        );
+        assert_eq!(first.options, ["ndots:5"]);
+
+        let default = c(serde_json::json!({"dnsPolicy": "Default", "containers": []}));
+        assert_eq!(default.servers, ["10.0.0.2"]);
+        assert_eq!(default.searches, ["corp.example"]);
+        assert_eq!(default.options, ["timeout:1"]);
+
+        let host_net = c(serde_json::json!({"hostNetwork": true, "containers": []}));
+        assert_eq!(
+            host_net.servers,
+            ["10.0.0.2"],
+            "ClusterFirst on the host network is Default"
+        );
+        let with_host_net = c(serde_json::json!({
+            "hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet", "containers": []
+        }));
+        assert_eq!(with_host_net.servers, ["10.96.0.10"]);
+
+        let none = c(serde_json::json!({
+            "dnsPolicy": "None",
+            "dnsConfig": {"nameservers": ["1.2.3.4", "1.2.3.4"], "searches": ["a.example"],
+                          "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]},
+            "containers": []
+        }));
+        assert_eq!(none.servers, ["1.2.3.4"], "duplicates are dropped");
+        assert_eq!(none.searches, ["a.example"]);
+        assert_eq!(none.options, ["ndots:2", "edns0"]);
+
+        let merged = c(serde_json::json!({
+            "dnsConfig": {"searches": ["svc.cluster.local", "extra.example"],
+                          "options": [{"name": "ndots", "value": "1"}]},
+            "containers": []
+        }));
+        assert_eq!(merged.searches.last().unwrap(), "extra.example");
+        assert_eq!(
+            merged
+                .searches
+                .iter()
+                .filter(|s| *s == "svc.cluster.local")
+                .count(),
+            1
+        );
+        assert_eq!(
+            merged.options,
+            ["ndots:1"],
+            "a dnsConfig option replaces the default"
+        );
+    }
+
+    #[test]
+    fn the_systemd_resolved_stub_is_replaced_by_its_upstreams() {
+        let dir = tempfile::tempdir().unwrap();
+        let stub = dir.path().join("stub.conf");
+        std::fs::write(
+            &stub,
+            "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lan\n",
+        )
+        .unwrap();
+        let upstreams = dir.path().join("upstreams.conf");
+        std::fs::write(
+            &upstreams,
+            "nameserver 192.168.1.1\nnameserver 192.168.1.2\nsearch lan\n",
+        )
+        .unwrap();
+        let dns = host_resolv_conf_from(&stub, &upstreams);
+        assert_eq!(dns.servers, ["192.168.1.1", "192.168.1.2"]);
+        assert_eq!(dns.searches, ["lan"]);
+        // Without the upstreams file the stub is kept (nothing better is known).
+        let kept = host_resolv_conf_from(&stub, &dir.path().join("missing"));
+        assert_eq!(kept.servers, ["127.0.0.53"]);
+        // A real server is never replaced.
+        let real = dir.path().join("real.conf");
+        std::fs::write(&real, "nameserver 10.0.0.2\n").unwrap();
+        assert_eq!(
+            host_resolv_conf_from(&real, &upstreams).servers,
+            ["10.0.0.2"]
+        );
     }
 }

@@ -31,7 +31,7 @@ use crate::util::{controller_ref, is_not_found, selector_matches, selector_strin
 use crate::{ClusterControllerError, ReconcileError};
 
 /// Label naming the Service of an EndpointSlice.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub use kinit_rules::SERVICE_NAME_LABEL;
 /// Label naming the controller that manages an EndpointSlice.
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 /// This controller's `managed-by` value (the one Kubernetes uses).

@@ -164,9 +164,9 @@ impl Forwarder {
                 if refused {
                     tracing::error!(
                         "forward: upstream {a} is this DNS server itself (it listens on {}); it is not used, \
-                         as forwarding to it would loop. Point forward at another resolver (with \
-                         /etc/resolv.conf: give the pod the node's real resolvers, e.g. kubelet \
-                         resolvConf /run/systemd/resolve/resolv.conf instead of a 127.0.0.53 stub)",
+                         as forwarding to it would loop. Point forward at another resolver: name the \
+                         site's DNS servers in the inventory's cluster.dns.upstreams (kinit apply \
+                         writes them into the Corefile) or edit the coredns ConfigMap",
                         listen
                             .iter()
                             .map(|l| l.to_string())

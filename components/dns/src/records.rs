@@ -22,7 +22,7 @@ use crate::corefile::{KubernetesConfig, PodMode};
 use crate::wire::{self, in_zone, NameKey, Prepared};
 
 /// The label that ties an EndpointSlice to its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub use kinit_rules::SERVICE_NAME_LABEL;
 /// Schema version served at `dns-version.<zone>` (the specification's version).
 pub const DNS_SCHEMA_VERSION: &str = "1.1.0";
 /// TTL of the `dns-version` record.
@@ -204,7 +204,7 @@ fn service_info(svc: &Service, slices: &[&EndpointSlice]) -> Option<ServiceInfo>
     let name = svc.metadata.name.clone()?.to_ascii_lowercase();
     let namespace = svc.metadata.namespace.clone()?.to_ascii_lowercase();
     let spec = svc.spec.as_ref()?;
-    let kind = if spec.type_.as_deref() == Some("ExternalName") {
+    let kind = if kinit_rules::is_external_name(svc) {
         let target = spec.external_name.as_deref()?.trim();
         // CoreDNS only answers ExternalName values that are names (an IP there is skipped).
         if target.is_empty() || parse_ip(target).is_some() {
@@ -213,7 +213,7 @@ fn service_info(svc: &Service, slices: &[&EndpointSlice]) -> Option<ServiceInfo>
         let mut n = Name::from_ascii(target).ok()?.to_lowercase();
         n.set_fqdn(true);
         ServiceKind::External(n)
-    } else if spec.cluster_ip.as_deref() == Some("None") {
+    } else if kinit_rules::is_headless(svc) {
         ServiceKind::Headless
     } else {
         let mut ips: Vec<IpAddr> = spec
@@ -266,10 +266,9 @@ fn service_info(svc: &Service, slices: &[&EndpointSlice]) -> Option<ServiceInfo>
                 })
                 .collect();
             for ep in &slice.endpoints {
-                // An unset ready condition means ready (EndpointSlice API); not-ready
-                // endpoints are left out (publishNotReadyAddresses is already reflected here).
-                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-                if !ready {
+                // Not-ready endpoints are left out (publishNotReadyAddresses is already
+                // reflected in the ready condition).
+                if !kinit_rules::endpoint_ready(ep) {
                     continue;
                 }
                 for addr in &ep.addresses {
