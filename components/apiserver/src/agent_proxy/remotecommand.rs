@@ -250,7 +250,15 @@ where
             return Ok(());
         }
         while let Some(message) = ws_rx.next().await {
-            let data = match message.map_err(|e| format!("reading from the client: {e}"))? {
+            // A client that vanished (reset, no close handshake) ends the session like a close.
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!("reading from the client ended: {e}");
+                    break;
+                }
+            };
+            let data = match message {
                 Message::Binary(data) => data,
                 Message::Close(_) => break,
                 _ => continue,
@@ -302,10 +310,16 @@ where
             r = from_client => r,
         }
     };
-    tokio::select! {
+    tokio::pin!(writer);
+    let result = tokio::select! {
         r = session => r,
-        r = writer => r,
-    }
+        r = &mut writer => return r,
+    };
+    // The session ended (the status arrived, or the client left and a GoAway was queued): the
+    // writer delivers what is queued, then ends once the last sender is gone.
+    drop(frames);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    result
 }
 
 #[cfg(test)]
@@ -420,7 +434,8 @@ mod tests {
                             other => panic!("data on {other}"),
                         }
                     }
-                    Frame::Ping { .. } | Frame::GoAway { .. } => {}
+                    Frame::GoAway { .. } => opened.push(("goaway".into(), 0)),
+                    Frame::Ping { .. } => {}
                     other => panic!("unexpected {other:?}"),
                 }
                 tx.write_all(&out).await.unwrap();
@@ -491,5 +506,41 @@ mod tests {
         let kinds: Vec<&str> = opened.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(kinds, ["error", "stdin", "stdout", "resize"]);
         assert!(opened.iter().all(|(_, id)| id % 2 == 1), "{opened:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_ends_the_runtime_session_with_goaway() {
+        let (client_io, proxy_client_io) = tokio::io::duplex(64 * 1024);
+        let (proxy_agent_io, agent_io) = tokio::io::duplex(64 * 1024);
+        let runtime = tokio::spawn(runtime_side(agent_io));
+        let proxy = tokio::spawn(async move {
+            let ws = WebSocketStream::from_raw_socket(proxy_client_io, Role::Server, None).await;
+            let streams = Streams {
+                stdin: true,
+                stdout: true,
+                stderr: false,
+                tty: false,
+            };
+            relay(ws, proxy_agent_io, streams).await
+        });
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::binary(vec![STDOUT])
+        );
+        // Gone without closing stdin (a killed kubectl).
+        drop(client);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), proxy)
+            .await
+            .expect("the relay ends when the client leaves");
+        let opened = tokio::time::timeout(std::time::Duration::from_secs(5), runtime)
+            .await
+            .expect("the runtime side sees the end")
+            .unwrap();
+        assert_eq!(
+            opened.last().map(|(k, _)| k.as_str()),
+            Some("goaway"),
+            "{opened:?}"
+        );
     }
 }
