@@ -35,6 +35,28 @@ pub fn merge_key(parent: &str, field: &str) -> Option<&'static str> {
     })
 }
 
+/// Lists whose elements are told apart by the protocol too (their `listMapKeys` for
+/// server-side apply are `containerPort`/`port` and `protocol`): two ports with one number and
+/// different protocols (DNS's 53/UDP and 53/TCP) are two elements, not one. Strategic merge
+/// upstream keys them by the number alone, which merges such pairs into one (a known
+/// Kubernetes bug); kinit tells them apart in both.
+fn keyed_by_protocol(parent: &str, field: &str) -> bool {
+    matches!(
+        (parent, field),
+        (
+            "containers" | "initContainers" | "ephemeralContainers",
+            "ports"
+        ) | ("spec", "ports")
+    )
+}
+
+/// The protocol of a port element, `TCP` when unset (the API's default).
+fn protocol_of(item: &Value) -> &str {
+    item.get("protocol")
+        .and_then(Value::as_str)
+        .unwrap_or("TCP")
+}
+
 /// Lists of scalars merged as sets (`patchStrategy: merge` on primitive lists).
 fn is_set_list(parent: &str, field: &str) -> bool {
     matches!(
@@ -110,21 +132,41 @@ fn merge_object(original: &Value, patch: &Value, parent: &str) -> Result<Value, 
     }
     for (field, order) in orders {
         if let Some(Value::Array(list)) = out.get_mut(&field) {
-            let key = merge_key(parent, &field);
-            reorder(list, &order, key);
+            reorder(list, &order, ListKey::of(parent, &field));
         }
     }
     Ok(Value::Object(out))
 }
 
-fn element_matches(item: &Value, key: Option<&str>, wanted: &Value) -> bool {
-    match key {
-        Some(k) => item.get(k).is_some() && item.get(k) == wanted.get(k),
+/// How the elements of one list are matched: by their merge key (and the protocol where
+/// [`keyed_by_protocol`]), or whole.
+#[derive(Clone, Copy)]
+struct ListKey<'a> {
+    key: Option<&'a str>,
+    protocol: bool,
+}
+
+impl<'a> ListKey<'a> {
+    fn of(parent: &str, field: &str) -> ListKey<'static> {
+        ListKey {
+            key: merge_key(parent, field),
+            protocol: keyed_by_protocol(parent, field),
+        }
+    }
+}
+
+fn element_matches(item: &Value, key: ListKey<'_>, wanted: &Value) -> bool {
+    match key.key {
+        Some(k) => {
+            item.get(k).is_some()
+                && item.get(k) == wanted.get(k)
+                && (!key.protocol || protocol_of(item) == protocol_of(wanted))
+        }
         None => item == wanted,
     }
 }
 
-fn reorder(list: &mut Vec<Value>, order: &[Value], key: Option<&str>) {
+fn reorder(list: &mut Vec<Value>, order: &[Value], key: ListKey<'_>) {
     let mut sorted = Vec::with_capacity(list.len());
     for o in order {
         if let Some(pos) = list.iter().position(|x| element_matches(x, key, o)) {
@@ -179,7 +221,9 @@ fn merge_list(
                 "map: {item} does not contain declared merge key: {key}"
             ));
         }
-        let pos = out.iter().position(|x| element_matches(x, Some(key), item));
+        let pos = out
+            .iter()
+            .position(|x| element_matches(x, ListKey::of(parent, field), item));
         if item.get("$patch").and_then(Value::as_str) == Some("delete") {
             if let Some(pos) = pos {
                 out.remove(pos);
@@ -275,7 +319,11 @@ fn fields_of(v: &Value, parent: &str, field: &str) -> Value {
                 let mut out = Map::new();
                 for item in items {
                     if let Some(kv) = item.get(key) {
-                        let id = format!("k:{}", json!({ key: kv }));
+                        let id = if keyed_by_protocol(parent, field) {
+                            format!("k:{}", json!({ key: kv, "protocol": protocol_of(item) }))
+                        } else {
+                            format!("k:{}", json!({ key: kv }))
+                        };
                         let mut inner = match fields_of(item, parent, field) {
                             Value::Object(m) => m,
                             _ => Map::new(),
@@ -622,6 +670,39 @@ mod tests {
         assert_eq!(cs[0]["image"], "a:2");
         assert_eq!(cs[0]["env"].as_array().unwrap().len(), 2);
         assert_eq!(cs[1]["image"], "b:1");
+    }
+
+    #[test]
+    fn ports_with_one_number_and_two_protocols_stay_two() {
+        let orig = json!({"spec": {"template": {"spec": {"containers": [{"name": "dns", "ports": [
+            {"containerPort": 53, "name": "dns", "protocol": "UDP"},
+            {"containerPort": 53, "name": "dns-tcp", "protocol": "TCP"}
+        ]}]}}, "ports": [{"port": 53, "protocol": "UDP", "name": "dns"}, {"port": 53, "name": "dns-tcp"}]}});
+        // Re-applying the same object (what server-side apply does) changes nothing.
+        assert_eq!(strategic_merge(&orig, &orig).unwrap(), orig);
+        // A patch of the TCP port touches only it (an unset protocol is TCP).
+        let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "dns", "ports": [
+            {"containerPort": 53, "name": "dns-tcp2"}
+        ]}]}}, "ports": [{"port": 53, "protocol": "TCP", "targetPort": 5353}]}});
+        let out = strategic_merge(&orig, &patch).unwrap();
+        let ports = &out["spec"]["template"]["spec"]["containers"][0]["ports"];
+        assert_eq!(ports.as_array().unwrap().len(), 2, "{ports}");
+        assert_eq!(ports[0]["name"], "dns");
+        assert_eq!(ports[1]["name"], "dns-tcp2");
+        let service_ports = out["spec"]["ports"].as_array().unwrap();
+        assert_eq!(service_ports.len(), 2);
+        assert_eq!(service_ports[0].get("targetPort"), None);
+        assert_eq!(service_ports[1]["targetPort"], 5353);
+        // Managed fields name both elements.
+        let fields = fields_v1(&orig).to_string();
+        assert!(
+            fields.contains(r#"k:{\"containerPort\":53,\"protocol\":\"UDP\"}"#),
+            "{fields}"
+        );
+        assert!(
+            fields.contains(r#"k:{\"containerPort\":53,\"protocol\":\"TCP\"}"#),
+            "{fields}"
+        );
     }
 
     #[test]
