@@ -62,6 +62,9 @@ pub struct DnsSettings {
     pub image: String,
     /// Path of the kinit binary inside that image.
     pub command: String,
+    /// SHA-256 of the kinit binary the image is built from (a new build, same tag, rolls the
+    /// pods).
+    pub binary_sha256: String,
     /// Upstream servers (`IP:port`); empty means the node's `/etc/resolv.conf`.
     pub upstreams: Vec<String>,
     /// Replicas of the Deployment (kubeadm runs 2).
@@ -259,6 +262,7 @@ mod tests {
             service_ip: "10.96.0.10".parse().unwrap(),
             image: "kinit.local/kinit:v0.1.0".into(),
             command: "/usr/local/bin/kinit".into(),
+            binary_sha256: "ab".repeat(32),
             upstreams: vec![],
             replicas: 2,
         }
@@ -370,6 +374,17 @@ mod tests {
         s.image = "kinit.local/kinit:v0.2.0".into();
         let c = dns(&s).unwrap();
         assert_ne!(find(&a, "Deployment").hash, find(&c, "Deployment").hash);
+        // Another kinit build under the same tag changes the pod template, so pods roll.
+        let mut s = settings();
+        s.binary_sha256 = "cd".repeat(32);
+        let d = dns(&s).unwrap();
+        let template = |o: &[AddonObject]| {
+            find(o, "Deployment").object["spec"]["template"]["metadata"]["annotations"]
+                ["kinit.io/binary-sha256"]
+                .clone()
+        };
+        assert_ne!(template(&a), template(&d));
+        assert_ne!(find(&a, "Deployment").hash, find(&d, "Deployment").hash);
         assert_eq!(find(&a, "Service").hash, find(&c, "Service").hash);
         // The Corefile's hash covers its data, so an edit of the live object is recognised.
         let config = find(&a, "ConfigMap");

@@ -1,10 +1,13 @@
 //! The add-ons phase: after the API answers, the objects of each enabled add-on
 //! (`kinit-addons`) are created or brought up to date through the API, in order.
 //!
-//! An object is written only when its `kinit.io/addon-hash` annotation differs from what kinit
-//! renders now, so a converged cluster sees no write. Objects users are meant to edit (the
-//! Corefile) are replaced only while their data is still what kinit wrote; an edited one is
-//! left alone and reported as kept.
+//! The policy: an object is written only when its `kinit.io/addon-hash` annotation differs
+//! from what kinit renders now, so a converged cluster sees no write and changes users make to
+//! the add-on's objects (say, scaling `coredns`) stay — until a kinit build renders the object
+//! differently (a new version or setting), which then brings it back to kinit's manifest with a
+//! forced server-side apply (kubeadm does the same to CoreDNS on upgrade). The one object users
+//! are meant to edit, the Corefile, is never overwritten once edited: it is replaced only while
+//! its data is still what kinit wrote, otherwise left alone and reported as kept.
 
 use kinit_addons::{data_hash, AddonObject, DnsSettings, HASH_ANNOTATION};
 use kinit_inventory::Inventory;
@@ -77,14 +80,20 @@ pub enum AddonsError {
     },
 }
 
-/// The DNS add-on's settings for `inventory` (image and command as the host files use them).
-pub fn dns_settings(inventory: &Inventory, images: &kinit_templates::ImageSettings) -> DnsSettings {
+/// The DNS add-on's settings for `inventory` (image and command as the host files use them;
+/// `binary_sha256` is the kinit build installed).
+pub fn dns_settings(
+    inventory: &Inventory,
+    images: &kinit_templates::ImageSettings,
+    binary_sha256: &str,
+) -> DnsSettings {
     let cluster = &inventory.spec.cluster;
     DnsSettings {
         cluster_domain: cluster.dns_domain.clone(),
         service_ip: inventory.cluster_dns_ip(),
         image: images.control_plane.clone(),
         command: images.control_plane_command.clone(),
+        binary_sha256: binary_sha256.to_string(),
         upstreams: cluster
             .dns
             .upstreams
@@ -100,12 +109,13 @@ pub fn dns_settings(inventory: &Inventory, images: &kinit_templates::ImageSettin
 pub fn rendered(
     inventory: &Inventory,
     images: &kinit_templates::ImageSettings,
+    binary_sha256: &str,
 ) -> Result<Vec<(&'static str, Vec<AddonObject>)>, AddonsError> {
     let mut out = Vec::new();
     if inventory.spec.cluster.addons.dns {
         out.push((
             kinit_addons::Addon::Dns.name(),
-            kinit_addons::dns(&dns_settings(inventory, images))?,
+            kinit_addons::dns(&dns_settings(inventory, images, binary_sha256))?,
         ));
     }
     Ok(out)
@@ -139,61 +149,71 @@ pub fn decide(desired: &AddonObject, live: Option<&serde_json::Value>) -> Object
     ObjectAction::Updated
 }
 
-/// Creates or updates `objects` of `addon` in order.
+/// Creates or updates `objects` of `addon` in order. It stops at the first object that fails;
+/// the report then holds what was done before it, and the error says which object failed.
 pub async fn apply_objects(
     client: &kube::Client,
     addon: &str,
     objects: &[AddonObject],
-) -> Result<AddonReport, AddonsError> {
+) -> (AddonReport, Option<AddonsError>) {
     let mut report = AddonReport {
         addon: addon.to_string(),
         objects: Vec::new(),
     };
     for object in objects {
-        let api = api_for(client, object);
-        let err = |verb: &'static str| {
-            let described = object.describe();
-            move |e: kube::Error| AddonsError::Api {
-                addon: addon.to_string(),
-                verb,
-                object: described,
-                source: Box::new(e),
-            }
-        };
-        let live = api.get_opt(&object.name).await.map_err(err("read"))?;
-        let live = live
-            .map(|l| serde_json::to_value(l).unwrap_or_default())
-            .filter(|v| !v.is_null());
-        let action = decide(object, live.as_ref());
-        match action {
-            ObjectAction::Created => {
-                let typed: DynamicObject =
-                    serde_json::from_value(object.object.clone()).map_err(|e| {
-                        AddonsError::Api {
-                            addon: addon.to_string(),
-                            verb: "encode",
-                            object: object.describe(),
-                            source: Box::new(kube::Error::SerdeError(e)),
-                        }
-                    })?;
-                api.create(&PostParams::default(), &typed)
-                    .await
-                    .map_err(err("create"))?;
-            }
-            ObjectAction::Updated => {
-                let params = PatchParams::apply(FIELD_MANAGER).force();
-                api.patch(&object.name, &params, &Patch::Apply(&object.object))
-                    .await
-                    .map_err(err("update"))?;
-            }
-            ObjectAction::Unchanged | ObjectAction::KeptUserEdit => {}
+        match apply_object(client, addon, object).await {
+            Ok(action) => report.objects.push(ObjectOutcome {
+                object: object.describe(),
+                action,
+            }),
+            Err(e) => return (report, Some(e)),
         }
-        report.objects.push(ObjectOutcome {
-            object: object.describe(),
-            action,
-        });
     }
-    Ok(report)
+    (report, None)
+}
+
+async fn apply_object(
+    client: &kube::Client,
+    addon: &str,
+    object: &AddonObject,
+) -> Result<ObjectAction, AddonsError> {
+    let api = api_for(client, object);
+    let err = |verb: &'static str| {
+        let described = object.describe();
+        move |e: kube::Error| AddonsError::Api {
+            addon: addon.to_string(),
+            verb,
+            object: described,
+            source: Box::new(e),
+        }
+    };
+    let live = api.get_opt(&object.name).await.map_err(err("read"))?;
+    let live = live
+        .map(|l| serde_json::to_value(l).unwrap_or_default())
+        .filter(|v| !v.is_null());
+    let action = decide(object, live.as_ref());
+    match action {
+        ObjectAction::Created => {
+            let typed: DynamicObject =
+                serde_json::from_value(object.object.clone()).map_err(|e| AddonsError::Api {
+                    addon: addon.to_string(),
+                    verb: "encode",
+                    object: object.describe(),
+                    source: Box::new(kube::Error::SerdeError(e)),
+                })?;
+            api.create(&PostParams::default(), &typed)
+                .await
+                .map_err(err("create"))?;
+        }
+        ObjectAction::Updated => {
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            api.patch(&object.name, &params, &Patch::Apply(&object.object))
+                .await
+                .map_err(err("update"))?;
+        }
+        ObjectAction::Unchanged | ObjectAction::KeptUserEdit => {}
+    }
+    Ok(action)
 }
 
 #[cfg(test)]
@@ -237,7 +257,7 @@ mod tests {
             decide(&object(true, "new"), Some(&edited)),
             ObjectAction::KeptUserEdit
         );
-        // Objects without user edits are always brought back to kinit's manifest.
+        // Other objects follow kinit's manifest when it changed, edited or not.
         assert_eq!(
             decide(&object(false, "new"), Some(&edited)),
             ObjectAction::Updated

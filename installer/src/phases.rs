@@ -114,19 +114,19 @@ pub struct HostTarget {
     pub binary: Binary,
     /// The host's desired files.
     pub files: Vec<DesiredFile>,
-    /// The busybox the admin-box image is built from (uploaded next to the image archives);
-    /// `None`: no admin-box image on this host.
-    pub busybox: Option<Binary>,
+    /// The admin-box image archive, built once on the admin box from its busybox (so the
+    /// libraries in it match that busybox, whatever the hosts have); `None`: no admin box.
+    pub admin_box: Option<Binary>,
 }
 
-/// Where the Images phase puts the busybox it builds the admin-box image from.
-pub const BUSYBOX_PATH: &str = "/var/lib/kinit/images/busybox";
+/// The marker of the admin-box archive a host imported last (its SHA-256).
+pub const ADMIN_BOX_MARKER: &str = "/var/lib/kinit/images/admin-box.sha256";
 
 impl HostTarget {
     /// The images this host should have.
     pub fn images(&self) -> Vec<KinitImage> {
         let mut images = KinitImage::ALL.to_vec();
-        if self.busybox.is_some() {
+        if self.admin_box.is_some() {
             images.push(KinitImage::AdminBox);
         }
         images
@@ -258,21 +258,18 @@ pub async fn plan<H: Host>(host: &H, target: &HostTarget) -> Result<HostPlan, Ph
 
     let marker = host
         .run(&format!(
-            "cat {IMAGES_DIR}/binary.sha256 2>/dev/null; echo; sha256sum {BUSYBOX_PATH} 2>/dev/null"
+            "cat {IMAGES_DIR}/binary.sha256 2>/dev/null; echo; cat {ADMIN_BOX_MARKER} 2>/dev/null"
         ))
         .await
         .map_err(exec(PhaseName::Images))?;
     let marker = String::from_utf8_lossy(&marker.stdout).into_owned();
     let mut marker_lines = marker.lines();
     let imported_from = marker_lines.next().unwrap_or_default().trim().to_string();
-    let busybox_there = marker_lines
-        .filter_map(|l| l.split_whitespace().next())
-        .next()
-        .map(str::to_string);
-    let busybox_stale = target
-        .busybox
+    let admin_box_there = marker_lines.next().map(|l| l.trim().to_string());
+    let admin_box_stale = target
+        .admin_box
         .as_ref()
-        .is_some_and(|b| busybox_there.as_deref() != Some(b.sha256.as_str()));
+        .is_some_and(|b| admin_box_there.as_deref() != Some(b.sha256.as_str()));
     let listed = host
         .run("ctr -n k8s.io images ls -q 2>/dev/null")
         .await
@@ -285,7 +282,7 @@ pub async fn plan<H: Host>(host: &H, target: &HostTarget) -> Result<HostPlan, Ph
         .map(|i| i.reference(&tag))
         .filter(|r| !listed.lines().any(|l| l.trim() == r))
         .collect();
-    if imported_from != target.binary.sha256 || !missing.is_empty() || busybox_stale {
+    if imported_from != target.binary.sha256 || !missing.is_empty() || admin_box_stale {
         phases.push(PlannedPhase {
             phase: PhaseName::Images,
             reason: if !missing.is_empty() {
@@ -293,7 +290,7 @@ pub async fn plan<H: Host>(host: &H, target: &HostTarget) -> Result<HostPlan, Ph
             } else if imported_from != target.binary.sha256 {
                 "the images were built from another kinit binary".into()
             } else {
-                "the admin box's busybox changed".into()
+                "the admin-box image changed".into()
             },
         });
     }
@@ -386,25 +383,32 @@ pub async fn run_phase<H: Host>(
             .map_err(err),
         PhaseName::Images => {
             let tag = KinitImage::default_tag();
-            let images = target.images();
-            if let Some(busybox) = &target.busybox {
+            let names: Vec<&str> = KinitImage::ALL.iter().map(|i| i.name()).collect();
+            let mut script = format!(
+                "set -e\nmkdir -p -m 0700 {IMAGES_DIR}\nprevious=$(cat {IMAGES_DIR}/binary.sha256 2>/dev/null || true)\n{BINARY_PATH} images build --out {IMAGES_DIR} --compression none --image {} >/dev/null\n",
+                names.join(",")
+            );
+            if let Some(archive) = &target.admin_box {
+                let remote = format!(
+                    "{IMAGES_DIR}/{}",
+                    archive_file_name(KinitImage::AdminBox, &tag)
+                );
                 host.run_checked(&format!("mkdir -p -m 0700 {IMAGES_DIR}"))
                     .await
                     .map_err(exec(phase))?;
                 host.upload(
-                    UploadSource::File(&busybox.path),
-                    BUSYBOX_PATH,
-                    &kinit_executor::FileAttrs::mode(0o755),
+                    UploadSource::File(&archive.path),
+                    &remote,
+                    &kinit_executor::FileAttrs::mode(0o600),
                 )
                 .await
                 .map_err(exec(phase))?;
+                script.push_str(&format!(
+                    "ctr -n k8s.io images import --all-platforms {remote} >/dev/null\nrm -f {remote}\necho {} > {ADMIN_BOX_MARKER}\n",
+                    archive.sha256
+                ));
             }
-            let names: Vec<&str> = images.iter().map(|i| i.name()).collect();
-            let mut script = format!(
-                "set -e\nmkdir -p -m 0700 {IMAGES_DIR}\nprevious=$(cat {IMAGES_DIR}/binary.sha256 2>/dev/null || true)\n{BINARY_PATH} images build --out {IMAGES_DIR} --compression none --busybox {BUSYBOX_PATH} --image {} >/dev/null\n",
-                names.join(",")
-            );
-            for image in images {
+            for image in KinitImage::ALL {
                 script.push_str(&format!(
                     "ctr -n k8s.io images import --all-platforms {IMAGES_DIR}/{} >/dev/null\nrm -f {IMAGES_DIR}/{}\n",
                     archive_file_name(image, &tag),

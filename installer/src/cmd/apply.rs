@@ -53,8 +53,9 @@ pub struct ApplySettings {
     #[arg(long, value_name = "FILE")]
     pub binary: Option<PathBuf>,
 
-    /// The busybox the admin-box image (`kinit.local/admin-box`) is built from; without one
-    /// the image is skipped with a note (Debian: apt-get install -y busybox-static).
+    /// The busybox the admin-box image (`kinit.local/admin-box`) is built from, here, before
+    /// it is imported on every node; without one the image is skipped with a note (Debian:
+    /// apt-get install -y busybox).
     #[arg(long, value_name = "FILE", default_value = kinit_images::admin_box::DEFAULT_BUSYBOX)]
     pub busybox: PathBuf,
 
@@ -347,27 +348,44 @@ async fn registered_pod_cidrs(admin_kubeconfig: &Path) -> Option<BTreeMap<String
     }
 }
 
-/// The busybox for the admin-box image: `None` (with a note) when the default path is absent,
-/// an error when a path given explicitly is unusable.
-pub(crate) fn admin_box_busybox(path: &Path) -> anyhow::Result<Option<Binary>> {
-    match Binary::load(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(_) if path.as_os_str() == kinit_images::admin_box::DEFAULT_BUSYBOX => {
-            eprintln!(
-                "note: no admin-box image: busybox not found at {}; {}",
-                path.display(),
-                kinit_images::admin_box::INSTALL_HINT
-            );
-            Ok(None)
-        }
-        Err(e) => Err(e).with_context(|| {
-            format!(
-                "cannot read busybox {}; {}",
-                path.display(),
-                kinit_images::admin_box::INSTALL_HINT
-            )
-        }),
+/// The admin-box image archive, built here from `busybox` into `<state dir>/images` (so its
+/// libraries are this machine's, matching this busybox): `None`, with a note, when busybox is
+/// not at the default path; an error when a path given explicitly is unusable.
+pub(crate) fn admin_box_archive(
+    busybox: &Path,
+    state_dir: &Path,
+) -> anyhow::Result<Option<Binary>> {
+    let default = busybox.as_os_str() == kinit_images::admin_box::DEFAULT_BUSYBOX;
+    if !busybox.exists() && default {
+        eprintln!(
+            "note: no admin-box image: busybox not found at {}; {}",
+            busybox.display(),
+            kinit_images::admin_box::INSTALL_HINT
+        );
+        return Ok(None);
     }
+    let out_dir = state_dir.join("images");
+    let options = kinit_images::BuildOptions {
+        images: vec![kinit_images::KinitImage::AdminBox],
+        busybox: Some(busybox.to_path_buf()),
+        ..kinit_images::BuildOptions::new(busybox, &out_dir)
+    };
+    let report = kinit_images::build_images(&options).with_context(|| {
+        format!(
+            "cannot build the admin-box image from {} (pass another with --busybox)",
+            busybox.display()
+        )
+    })?;
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
+    let built = report
+        .images
+        .first()
+        .context("the admin-box build wrote no archive")?;
+    Binary::load(&built.path)
+        .map(Some)
+        .with_context(|| format!("cannot read {}", built.path.display()))
 }
 
 /// Converges `selected` (hosts of `inventory`) and bootstraps the cluster through its API.
@@ -398,8 +416,7 @@ pub(crate) async fn apply(
     };
     let registered = registered_pod_cidrs(&real_state_dir.join("admin.conf")).await;
     let (state, pki) = ClusterState::prepare(inventory, &state_dir, registered.as_ref())?;
-    // Rendered before any host is touched: a bad setting fails here, not after the install.
-    let addon_objects = addons::rendered(inventory, &ClusterRenderContext::default().images)?;
+
     let pki_generated = pki
         .files
         .iter()
@@ -412,7 +429,13 @@ pub(crate) async fn apply(
     };
     let binary = Binary::load(&binary_path)
         .with_context(|| format!("cannot read the kinit binary {}", binary_path.display()))?;
-    let busybox = admin_box_busybox(&args.busybox)?;
+    let admin_box = admin_box_archive(&args.busybox, &state_dir)?;
+    // Rendered before any host is touched: a bad setting fails here, not after the install.
+    let addon_objects = addons::rendered(
+        inventory,
+        &ClusterRenderContext::default().images,
+        &binary.sha256,
+    )?;
 
     let mut hosts = Vec::new();
     let mut entries = Vec::new();
@@ -426,7 +449,7 @@ pub(crate) async fn apply(
             HostTarget {
                 binary: binary.clone(),
                 files,
-                busybox: busybox.clone(),
+                admin_box: admin_box.clone(),
             },
         ));
         entries.push(entry);
@@ -527,9 +550,12 @@ pub(crate) async fn apply(
                 bootstrap::publish_cluster_config(&client, &inventory.spec.cluster).await?;
             for (addon, objects) in &addon_objects {
                 spinner.set_message(format!("applying the {addon} add-on"));
-                report
-                    .addons
-                    .push(addons::apply_objects(&client, addon, objects).await?);
+                let (done, failed) = addons::apply_objects(&client, addon, objects).await;
+                report.addons.push(done);
+                // Recorded, and the nodes are still waited for: the hosts are fine.
+                if let Some(e) = failed {
+                    report.errors.push(format!("{e:#}; fix it and re-run kinit apply"));
+                }
             }
             // A host whose phases failed is reported as such; waiting for its node is pointless.
             let names: Vec<String> = entries

@@ -194,15 +194,16 @@ async fn join(args: &JoinArgs) -> anyhow::Result<JoinReport> {
     };
     let binary = Binary::load(&binary_path)
         .with_context(|| format!("cannot read the kinit binary {}", binary_path.display()))?;
-    let busybox = crate::cmd::apply::admin_box_busybox(std::path::Path::new(
-        kinit_images::admin_box::DEFAULT_BUSYBOX,
-    ))?;
+    let admin_box = crate::cmd::apply::admin_box_archive(
+        std::path::Path::new(kinit_images::admin_box::DEFAULT_BUSYBOX),
+        std::path::Path::new(kinit::sync::STATE_ROOT),
+    )?;
     let hosts = vec![(
         local,
         HostTarget {
             binary,
             files,
-            busybox,
+            admin_box,
         },
     )];
     let outcome = converge(

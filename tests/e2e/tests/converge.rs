@@ -32,7 +32,7 @@ async fn phases_install_files_containerd_and_images_then_converge() {
     let target = HostTarget {
         binary,
         files: files.clone(),
-        busybox: None,
+        admin_box: None,
     };
     let hosts = vec![(SshHost::new(state.ssh_config(0, "root")), target)];
     let options = ConvergeOptions {
