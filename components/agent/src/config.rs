@@ -116,9 +116,6 @@ pub struct AgentConfiguration {
     /// Without it the agent keeps no pod routes and runs no service proxy.
     #[serde(rename = "clusterCIDR", default)]
     pub cluster_cidr: Option<ipnet::IpNet>,
-    /// The Service range (`--service-cluster-ip-range`).
-    #[serde(rename = "serviceCIDR", default)]
-    pub service_cidr: Option<ipnet::IpNet>,
     /// How pod traffic crosses nodes.
     #[serde(default = "default_cni_mode")]
     pub cni_mode: CniMode,
@@ -353,7 +350,6 @@ mod tests {
         assert_eq!(config.cgroup_parent, "kubepods.slice");
         assert_eq!(config.cluster_dns, vec!["10.96.0.10".to_string()]);
         assert_eq!(config.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
-        assert_eq!(config.service_cidr, Some("10.96.0.0/12".parse().unwrap()));
         assert_eq!(config.cni_mode, CniMode::Auto);
         assert!(config.service_proxy);
         assert_eq!(

@@ -10,9 +10,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use parse::{
     evaluate_arch, evaluate_bridge_netfilter, evaluate_cgroups, evaluate_clock_skew,
-    evaluate_containerd, evaluate_disk, evaluate_ip_forward, evaluate_os, evaluate_overlay,
-    evaluate_ports, evaluate_swap, parse_cgroup_probe, parse_df_available_kib, parse_epoch,
-    parse_listeners, parse_os_release, parse_sysctl_probe, CgroupInfo, Listener, OsRelease,
+    evaluate_containerd, evaluate_disk, evaluate_ip_forward, evaluate_nftables, evaluate_os,
+    evaluate_overlay, evaluate_ports, evaluate_swap, parse_cgroup_probe, parse_df_available_kib,
+    parse_epoch, parse_listeners, parse_os_release, parse_sysctl_probe, CgroupInfo, Listener,
+    OsRelease,
 };
 
 use crate::fanout::run_on_all;
@@ -191,6 +192,13 @@ const SYSCTL_PROBE: &str = "for f in /proc/sys/net/bridge/bridge-nf-call-iptable
      /proc/sys/net/bridge/bridge-nf-call-ip6tables /proc/sys/net/ipv4/ip_forward; do \
      if [ -r \"$f\" ]; then echo \"$f=$(cat \"$f\")\"; else echo \"$f=missing\"; fi; done";
 
+/// Whether `nft` exists (PATH or the sbin directories) and can list the kernel's tables.
+pub const NFT_PROBE: &str =
+    "n=$(command -v nft || ls /usr/sbin/nft /sbin/nft 2>/dev/null | head -n1); \
+     if [ -z \"$n\" ]; then echo missing; \
+     elif out=$(\"$n\" list tables 2>&1); then echo ok; \
+     else echo \"error $(echo \"$out\" | head -n1)\"; fi";
+
 const CGROUP_PROBE: &str = "cat /proc/self/mounts; \
      while read -r dev mnt fstype rest; do \
      if [ \"$fstype\" = cgroup2 ]; then echo \"--- $mnt\"; cat \"$mnt/cgroup.controllers\" 2>/dev/null; fi; \
@@ -282,6 +290,11 @@ pub async fn check_host<H: Host>(
     checks.push(match host.run("cat /proc/filesystems").await {
         Ok(out) => evaluate_overlay(&out.stdout_text()),
         Err(err) => probe_error("overlayfs", err),
+    });
+
+    checks.push(match host.run(NFT_PROBE).await {
+        Ok(out) => evaluate_nftables(&out.stdout_text()),
+        Err(err) => probe_error("nftables", err),
     });
 
     checks.push(match host.run(CGROUP_PROBE).await {
@@ -414,6 +427,7 @@ mod tests {
                 "bridge-netfilter",
                 "ip-forward",
                 "overlayfs",
+                "nftables",
                 "cgroups",
                 "swap",
                 "ports",

@@ -178,6 +178,31 @@ pub fn evaluate_overlay(proc_filesystems: &str) -> CheckResult {
     }
 }
 
+/// The `nft` tool and the kernel's nftables: the CNI plugin masquerades and maps hostPorts
+/// with it and the node agent's service proxy programs Services with it. `probe` is the output
+/// of [`NFT_PROBE`](super::NFT_PROBE): `missing`, or `ok`/`error <message>` from listing tables.
+pub fn evaluate_nftables(probe: &str) -> CheckResult {
+    let probe = probe.trim();
+    if probe == "ok" {
+        CheckResult::pass("nftables", "nft runs and the kernel answers")
+    } else if probe.starts_with("missing") {
+        CheckResult::fail(
+            "nftables",
+            "the nft tool is not installed (pod masquerading, hostPorts and Services need it)",
+            "apt-get install -y nftables (or dnf install -y nftables)",
+        )
+    } else {
+        CheckResult::fail(
+            "nftables",
+            format!(
+                "nft cannot talk to the kernel: {}",
+                probe.trim_start_matches("error").trim()
+            ),
+            "use a kernel with nf_tables (CONFIG_NF_TABLES, modprobe nf_tables) and run kinit as root",
+        )
+    }
+}
+
 /// Mounted cgroup controllers, v1 and v2.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CgroupInfo {
@@ -591,6 +616,20 @@ HOME_URL="https://www.debian.org/"
         assert_eq!(evaluate_overlay(with).status, CheckStatus::Pass);
         let without = "nodev\tsysfs\n\text4\nnodev\toverlayish\n";
         assert_eq!(evaluate_overlay(without).status, CheckStatus::Fail);
+    }
+
+    #[test]
+    fn nftables_must_be_installed_and_answer() {
+        assert_eq!(evaluate_nftables("ok\n").status, CheckStatus::Pass);
+        let missing = evaluate_nftables("missing");
+        assert_eq!(missing.status, CheckStatus::Fail);
+        assert!(missing.fix.as_deref().unwrap().contains("nftables"));
+        let broken = evaluate_nftables("error Operation not permitted");
+        assert_eq!(broken.status, CheckStatus::Fail);
+        assert!(
+            broken.message.contains("Operation not permitted"),
+            "{broken:?}"
+        );
     }
 
     const HYBRID_MOUNTS: &str = "\
