@@ -1,7 +1,7 @@
 //! The bridge plugin: a host bridge holding the pod range's gateway address, one veth pair per
 //! container (host end on the bridge, container end renamed to `CNI_IFNAME` with the pod's
 //! address and routes), IPAM from the node's pod CIDR, optional masquerade and hostPort
-//! mappings. The pods' MTU follows the node network's runtime file unless the configuration
+//! mappings. The pods' MTU follows the node network's state file unless the configuration
 //! sets `mtu`.
 
 use std::collections::HashSet;
@@ -20,7 +20,7 @@ use crate::error::CniError;
 use crate::hostport::{self, PortMapping};
 use crate::ipam::Store;
 use crate::netlink::{self as nl, RouteEntry};
-use crate::network::{NetworkState, DEFAULT_STATE_FILE};
+use crate::network::{NetworkState, DEFAULT_STATE_FILE, STATE_FILE_WAIT};
 use crate::types::{CniResult, Interface, IpConfig, Route};
 use crate::{masq, nft, sysctl};
 
@@ -86,17 +86,23 @@ fn attachment<'a>(env: &'a CniEnv, conf: &'a NetConf) -> hostport::Attachment<'a
 }
 
 /// The MTU of the bridge and both veth ends: the configuration's `mtu`, else the node
-/// network's runtime file (so pods match the overlay), else the MTU of the interface with
-/// the default route; `None` leaves the kernel default.
+/// network's state file (so pods match the overlay), else the MTU of the interface with
+/// the default route; `None` leaves the kernel default. A state file the configuration
+/// names is waited for up to [`STATE_FILE_WAIT`] (the agent writes it on its first sync);
+/// the default one is only read.
 async fn pod_mtu(conf: &NetConf, host: &Handle) -> Result<Option<u32>, CniError> {
     if let Some(mtu) = conf.mtu {
         return Ok(Some(mtu));
     }
-    let path = conf
-        .network_state_file
-        .clone()
-        .unwrap_or_else(|| std::path::PathBuf::from(DEFAULT_STATE_FILE));
-    if let Some(state) = NetworkState::read(&path)? {
+    let (path, state) = match &conf.network_state_file {
+        Some(path) => (path.clone(), NetworkState::wait_for(path, STATE_FILE_WAIT)?),
+        None => {
+            let path = std::path::PathBuf::from(DEFAULT_STATE_FILE);
+            let state = NetworkState::read(&path)?;
+            (path, state)
+        }
+    };
+    if let Some(state) = state {
         if !(68..=65535).contains(&state.mtu) {
             return Err(CniError::Config(format!(
                 "the network state file {} gives MTU {}, outside 68-65535; the node agent rewrites it on its next sync",
@@ -382,7 +388,7 @@ async fn ensure_bridge(
 /// Whether an nft failure may be ignored because nothing can have been installed: no port
 /// mappings were asked for and nft is not even installed.
 fn nft_absent_and_unneeded(e: &CniError, mappings: &[PortMapping]) -> bool {
-    matches!(e, CniError::Nft(_)) && mappings.is_empty() && !nft::available()
+    matches!(e, CniError::Nft { .. }) && mappings.is_empty() && !nft().available()
 }
 
 /// Deletes the host end of the container's veth pair (and with it the container end).

@@ -57,12 +57,13 @@ pub struct NetConf {
     #[serde(default)]
     pub hairpin_mode: bool,
     /// MTU of the bridge and both veth ends. When unset, ADD takes the MTU from the node
-    /// network's runtime file (`networkStateFile`), else from the interface holding the
+    /// network's state file (`networkStateFile`), else from the interface holding the
     /// default route, else the kernel default.
     #[serde(default)]
     pub mtu: Option<u32>,
-    /// kinit extension: the node network's runtime file (default
-    /// [`crate::network::DEFAULT_STATE_FILE`]), written by the node agent.
+    /// kinit extension: the node network's state file, written by the node agent (default
+    /// [`crate::network::DEFAULT_STATE_FILE`]). When set and the file does not exist yet,
+    /// ADD waits up to [`crate::network::STATE_FILE_WAIT`] for it.
     #[serde(default)]
     pub network_state_file: Option<PathBuf>,
     /// kinit extension: the whole cluster's pod network; traffic to it is never masqueraded.
@@ -432,7 +433,7 @@ mod tests {
             assert_eq!(conf.plugin_type, "kinit-cni");
             assert_eq!(conf.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
             // hostPort needs the runtime to pass portMappings; the MTU comes from the node
-            // network's runtime file.
+            // network's state file.
             assert_eq!(plugin["capabilities"]["portMappings"], true);
             assert_eq!(conf.mtu, None);
             let sets = conf.ipam().unwrap().range_sets().unwrap();

@@ -95,9 +95,18 @@ pub enum CniError {
         #[source]
         source: std::io::Error,
     },
-    /// `nft` could not be run or rejected the ruleset.
-    #[error("nftables: {0}; is the nft CLI installed (package nftables)?")]
-    Nft(String),
+    /// `nft` could not be run or refused a command or transaction.
+    #[error("nftables: cannot {what}: {source}")]
+    Nft {
+        /// What was being done, e.g. "set up the masquerade table kinit_cni_kinit".
+        what: String,
+        /// The runner's error (with nft's message and the offending script line).
+        #[source]
+        source: kinit_nft::NftError,
+    },
+    /// An nftables object holds something kinit never writes.
+    #[error("nftables: {0}")]
+    NftContent(String),
     /// No free address is left in the configured range(s).
     #[error(
         "no free IP address left in {0}; delete unused pods or give the node a larger pod CIDR"
@@ -143,7 +152,7 @@ impl CniError {
             CniError::Io { .. } | CniError::Netlink { .. } | CniError::Sys { .. } => {
                 ErrorCode::IoFailure
             }
-            CniError::Nft(_) => ErrorCode::IoFailure,
+            CniError::Nft { .. } | CniError::NftContent(_) => ErrorCode::IoFailure,
             CniError::Exhausted(_) => ErrorCode::AddressesExhausted,
             CniError::Check(_) => ErrorCode::CheckFailed,
             CniError::NotAvailable(_) => ErrorCode::NotAvailable,
@@ -181,6 +190,13 @@ impl CniError {
 
     pub(crate) fn netlink(what: impl Into<String>, source: rtnetlink::Error) -> Self {
         CniError::Netlink {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn nft(what: impl Into<String>, source: kinit_nft::NftError) -> Self {
+        CniError::Nft {
             what: what.into(),
             source,
         }

@@ -31,6 +31,8 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use kinit_nft::normalize;
+
 use crate::error::CniError;
 use crate::nft;
 
@@ -367,7 +369,7 @@ fn script(
 
 /// Base names of the container chains in a table listing.
 fn container_bases(listing: &serde_json::Value) -> BTreeSet<String> {
-    nft::objects(listing, "chain")
+    kinit_nft::objects(listing, "chain")
         .filter_map(|c| c["name"].as_str())
         .filter(|n| n.starts_with(CHAIN_PREFIX))
         .filter_map(|n| {
@@ -379,7 +381,10 @@ fn container_bases(listing: &serde_json::Value) -> BTreeSet<String> {
 }
 
 fn current_bases() -> Result<Option<BTreeSet<String>>, CniError> {
-    Ok(nft::list_json(&["list", "table", "inet", TABLE])?.map(|l| container_bases(&l)))
+    let listing = nft()
+        .list_table("inet", TABLE)
+        .map_err(|e| CniError::nft(format!("list table inet {TABLE}"), e))?;
+    Ok(listing.map(|l| container_bases(&l)))
 }
 
 fn lock(dir: &Path) -> Result<Flock<std::fs::File>, CniError> {
@@ -414,11 +419,18 @@ pub fn add(
     let base = at.chain_base();
     let mut bases = current_bases()?.unwrap_or_default();
     bases.insert(base.clone());
-    nft::apply(&script(
-        Some((&base, &at.comment(), &rules)),
-        &BTreeSet::new(),
-        &bases,
-    ))?;
+    nft()
+        .apply(&script(
+            Some((&base, &at.comment(), &rules)),
+            &BTreeSet::new(),
+            &bases,
+        ))
+        .map_err(|e| {
+            CniError::nft(
+                format!("install the hostPort chains {base}-dnat/-snat in table inet {TABLE}"),
+                e,
+            )
+        })?;
     Ok(rules)
 }
 
@@ -465,7 +477,12 @@ fn remove_where(lock_dir: &Path, doomed: impl Fn(&str) -> bool) -> Result<Vec<St
         return Ok(Vec::new());
     }
     bases.retain(|b| !remove.contains(b));
-    nft::apply(&script(None, &remove, &bases))?;
+    nft().apply(&script(None, &remove, &bases)).map_err(|e| {
+        CniError::nft(
+            format!("remove hostPort chains {remove:?} from table inet {TABLE}"),
+            e,
+        )
+    })?;
     Ok(remove.into_iter().collect())
 }
 
@@ -487,28 +504,38 @@ pub fn check(
     }
     let rules = container_rules(mappings, pod_ips)?;
     let comment = at.comment();
+    let nft = nft();
     for (suffix, list, dispatch) in [
         (DNAT_SUFFIX, &rules.dnat, "hostports"),
         (SNAT_SUFFIX, &rules.snat, "masquerading"),
     ] {
         let name = format!("{base}{suffix}");
-        let have = match nft::run_raw(&["list", "chain", "inet", TABLE, &name], None)? {
+        let have = match nft.run(&["list", "chain", "inet", TABLE, &name]) {
             Ok(text) => text,
-            Err(stderr) if nft::is_missing(&stderr) => {
+            Err(e) if e.is_missing() => {
                 return Err(CniError::Check(format!(
                     "hostPort chain {name} is missing from table inet {TABLE}"
                 )))
             }
-            Err(stderr) => return Err(CniError::Nft(format!("nft list chain {name}: {stderr}"))),
+            Err(e) => {
+                return Err(CniError::nft(
+                    format!("list chain {name} of table inet {TABLE}"),
+                    e,
+                ))
+            }
         };
-        if nft::normalize(&have) != nft::normalize(&chain_listing(&name, &comment, list)) {
+        if normalize(&have) != normalize(&chain_listing(&name, &comment, list)) {
             return Err(CniError::Check(format!(
                 "hostPort chain {name} differs from the container's port mappings: it holds\n{have}"
             )));
         }
-        let jumps = nft::run(&["list", "chain", "inet", TABLE, dispatch], None)?;
+        let jumps = nft
+            .run(&["list", "chain", "inet", TABLE, dispatch])
+            .map_err(|e| {
+                CniError::nft(format!("list chain {dispatch} of table inet {TABLE}"), e)
+            })?;
         let jump = format!("jump {name}");
-        if !nft::normalize(&jumps).iter().any(|l| l == &jump) {
+        if !normalize(&jumps).iter().any(|l| l == &jump) {
             return Err(CniError::Check(format!(
                 "chain {dispatch} of table inet {TABLE} does not jump to {name}"
             )));

@@ -9,7 +9,7 @@
 //!   one veth pair per container, host-local style IPAM persisted under `ipam.dataDir`, hairpin
 //!   mode, nftables masquerade of traffic leaving the cluster, and hostPort mappings (the
 //!   `portMappings` capability, [`hostport`]); the pods' MTU follows the node network's
-//!   runtime file ([`network::NetworkState`]);
+//!   state file ([`network::NetworkState`]);
 //! - `loopback`: brings `lo` up (containerd runs this type before any conflist).
 //!
 //! Networking goes through netlink (rtnetlink); the container side is reached with a netlink
@@ -28,7 +28,6 @@ pub mod loopback;
 pub mod masq;
 pub mod netlink;
 pub mod network;
-mod nft;
 mod sysctl;
 pub mod types;
 
@@ -184,6 +183,12 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<String, CniError> {
             }
         }
     })
+}
+
+/// The `nft` runner for this process: `nft` from `PATH`, `/usr/sbin` or `/sbin` (runtimes
+/// pass plugins a thin `PATH`), acting in the calling thread's network namespace.
+pub(crate) fn nft() -> kinit_nft::NftCommand {
+    kinit_nft::NftCommand::default()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

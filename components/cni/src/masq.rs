@@ -17,6 +17,7 @@ use ipnet::IpNet;
 
 use crate::error::CniError;
 use crate::nft;
+use kinit_nft::{normalize, objects};
 
 /// Name of the set (type `ipv4_addr`) of node IPv4 addresses traffic to which keeps the pod's
 /// source address.
@@ -99,13 +100,15 @@ fn ensure_script(table: &str, pod_subnets: &[IpNet], no_masq: &[IpNet]) -> Strin
 pub fn ensure(network: &str, pod_subnets: &[IpNet], no_masq: &[IpNet]) -> Result<(), CniError> {
     let table = table_name(network);
     let want = ruleset(&table, pod_subnets, no_masq);
-    if let Ok(Ok(current)) = nft::run_raw(&["list", "chain", "inet", &table, "postrouting"], None) {
+    let nft = nft();
+    if let Ok(current) = nft.run(&["list", "chain", "inet", &table, "postrouting"]) {
         // The chain's rules name both sets, so a matching chain implies the sets exist.
-        if nft::normalize(&current) == nft::normalize(&want) {
+        if normalize(&current) == normalize(&want) {
             return Ok(());
         }
     }
-    nft::apply(&ensure_script(&table, pod_subnets, no_masq))
+    nft.apply(&ensure_script(&table, pod_subnets, no_masq))
+        .map_err(|e| CniError::nft(format!("set up the masquerade table inet {table}"), e))
 }
 
 /// The node addresses currently in the network's sets (empty when the table is absent).
@@ -113,17 +116,20 @@ pub fn node_addresses(network: &str) -> Result<BTreeSet<IpAddr>, CniError> {
     let table = table_name(network);
     let mut out = BTreeSet::new();
     for set in [NODE_ADDRESS_SET_V4, NODE_ADDRESS_SET_V6] {
-        let Some(listing) = nft::list_json(&["list", "set", "inet", &table, set])? else {
+        let listing = nft()
+            .list_json(&["list", "set", "inet", &table, set])
+            .map_err(|e| CniError::nft(format!("read set {set} of table inet {table}"), e))?;
+        let Some(listing) = listing else {
             continue;
         };
-        for s in nft::objects(&listing, "set") {
+        for s in objects(&listing, "set") {
             for elem in s["elem"].as_array().into_iter().flatten() {
                 match elem.as_str().and_then(|e| e.parse::<IpAddr>().ok()) {
                     Some(ip) => {
                         out.insert(ip);
                     }
                     None => {
-                        return Err(CniError::Nft(format!(
+                        return Err(CniError::NftContent(format!(
                             "set {set} of table inet {table} holds {elem}, which is not a single address; \
                              delete the table (nft delete table inet {table}) and let kinit recreate it"
                         )))
@@ -167,23 +173,39 @@ pub fn set_node_addresses(network: &str, addresses: &BTreeSet<IpAddr>) -> Result
             }
         }
     }
-    nft::apply(&node_addresses_script(&table_name(network), addresses)).map(|()| true)
+    let table = table_name(network);
+    nft()
+        .apply(&node_addresses_script(&table, addresses))
+        .map_err(|e| {
+            CniError::nft(
+                format!("update the node address sets of table inet {table}"),
+                e,
+            )
+        })
+        .map(|()| true)
 }
 
 fn table_exists(network: &str) -> Result<bool, CniError> {
-    Ok(nft::list_json(&["list", "table", "inet", &table_name(network)])?.is_some())
+    let table = table_name(network);
+    nft()
+        .table_exists("inet", &table)
+        .map_err(|e| CniError::nft(format!("look for table inet {table}"), e))
 }
 
 /// Removes the network's masquerade table if present (used by tests and tooling).
 pub fn remove(network: &str) -> Result<(), CniError> {
     let table = table_name(network);
     let script = format!("table inet {table}\ndelete table inet {table}\n");
-    nft::apply(&script)
+    nft()
+        .apply(&script)
+        .map_err(|e| CniError::nft(format!("delete table inet {table}"), e))
 }
 
 /// Whether nftables is usable: the CLI runs and the kernel answers.
 pub fn probe() -> Result<(), CniError> {
-    nft::run(&["list", "tables"], None).map(drop)
+    nft()
+        .probe()
+        .map_err(|e| CniError::nft("list the nftables tables", e))
 }
 
 #[cfg(test)]

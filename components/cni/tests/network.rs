@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use kinit_cni::error::CniError;
 use kinit_cni::network::{
-    decide, Backend, CniMode, NetworkState, Peer, ROUTE_PROTOCOL, VXLAN_DEVICE,
+    decide, Backend, CniMode, NetworkState, Peer, POLICY_ROUTE_TABLE, POLICY_RULE_PRIORITY,
+    ROUTE_PROTOCOL, VXLAN_DEVICE,
 };
 use serde_json::{json, Value};
 use support::lab::{
@@ -42,6 +43,73 @@ fn routes_proto(ns: &str) -> Vec<Value> {
         .as_array()
         .cloned()
         .unwrap_or_default()
+}
+
+/// The IPv4 policy rules at kinit's priority.
+fn policy_rules(ns: &str) -> Vec<Value> {
+    ip_json(
+        ns,
+        &["rule", "show", "pref", &POLICY_RULE_PRIORITY.to_string()],
+    )
+    .as_array()
+    .cloned()
+    .unwrap_or_default()
+}
+
+/// The IPv4 routes of kinit's policy table (none when the table does not exist).
+fn policy_routes(ns: &str) -> Vec<Value> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "-n", ns, "route", "show", "table"])
+        .arg(POLICY_ROUTE_TABLE.to_string())
+        .output()
+        .expect("run ip");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && stderr.contains("table does not exist") {
+        return Vec::new();
+    }
+    assert!(out.status.success(), "ip route show table: {stderr}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return Vec::new();
+    }
+    serde_json::from_str::<Value>(&text)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A UDP exchange from `from_ip` (bound to it, as a node service bound to the node address
+/// is) in `from_ns` to port `port` of `to_ip` in `to_ns`; returns the source the receiver
+/// saw once the reply came back.
+fn udp_exchange_from(
+    from_ns: &str,
+    from_ip: IpAddr,
+    to_ns: &str,
+    to_ip: IpAddr,
+    port: u16,
+) -> Result<IpAddr, String> {
+    let echo = udp_echo(to_ns, port);
+    let reply = in_netns(from_ns, move || {
+        let s = UdpSocket::bind(SocketAddr::new(from_ip, 0)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .map_err(|e| e.to_string())?;
+        s.send_to(b"hello", SocketAddr::new(to_ip, port))
+            .map_err(|e| format!("send to {to_ip}: {e}"))?;
+        let mut buf = [0u8; 16];
+        s.recv_from(&mut buf)
+            .map(|(n, _)| buf[..n].to_vec())
+            .map_err(|e| format!("no reply from {to_ip}: {e}"))
+    });
+    let seen = echo
+        .join()
+        .map_err(|_| "echo thread panicked".to_string())?;
+    let reply = reply?;
+    if reply != b"hello" {
+        return Err(format!("{to_ip} answered {reply:?}"));
+    }
+    seen.map(|a| a.ip())
+        .ok_or_else(|| format!("{to_ip} received nothing"))
 }
 
 fn mtu_of(ns: &str, dev: &str) -> u64 {
@@ -80,7 +148,7 @@ fn node_set(ns: &str) -> Vec<String> {
 fn state(lab: &Lab, i: usize) -> NetworkState {
     NetworkState::read(&lab.node(i).state_file)
         .unwrap()
-        .expect("the runtime file exists after a sync")
+        .expect("the state file exists after a sync")
 }
 
 fn assert_no_nat(from: &Pod, to_ns: &str, to_ip: IpAddr) {
@@ -172,6 +240,9 @@ fn vxlan_routes_pods_across_routed_subnets() {
         return;
     }
     let mut lab = Lab::new("kcnn2", PLUGIN.as_ref(), Underlay::TwoSubnets, 1480);
+    // Strict reverse-path filtering on the nodes' uplinks and in the underlay: a packet with
+    // a pod's source address arriving over the underlay is dropped, as cloud networks do.
+    lab.strict_rp_filter();
     let peers = lab.peers(Backend::Vxlan);
     for i in 1..=2 {
         assert_eq!(
@@ -205,7 +276,16 @@ fn vxlan_routes_pods_across_routed_subnets() {
     );
     assert_eq!(
         reports[0].routes_added,
-        ["10.244.2.0/24 via 10.244.2.0 dev kinit.1 onlink"]
+        [
+            format!("10.89.2.12/32 via 10.244.2.0 dev kinit.1 onlink table {POLICY_ROUTE_TABLE}"),
+            "10.244.2.0/24 via 10.244.2.0 dev kinit.1 onlink".to_string()
+        ]
+    );
+    assert_eq!(
+        reports[0].rules_added,
+        [format!(
+            "from 10.244.1.0/24 lookup {POLICY_ROUTE_TABLE} pref {POLICY_RULE_PRIORITY}"
+        )]
     );
     assert_eq!(
         reports[0].neighbours_added,
@@ -272,6 +352,19 @@ fn vxlan_routes_pods_across_routed_subnets() {
         .as_array()
         .unwrap()
         .contains(&json!("onlink")));
+    // Policy routing: traffic from the own pod range to the peer's node address takes the
+    // overlay.
+    let rules = policy_rules(&n1);
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0]["src"], "10.244.1.0");
+    assert_eq!(rules[0]["srclen"], 24);
+    assert_eq!(rules[0]["table"], POLICY_ROUTE_TABLE.to_string());
+    let table = policy_routes(&n1);
+    assert_eq!(table.len(), 1, "{table:?}");
+    assert_eq!(table[0]["dst"], "10.89.2.12");
+    assert_eq!(table[0]["gateway"], "10.244.2.0");
+    assert_eq!(table[0]["dev"], VXLAN_DEVICE);
+    assert_eq!(table[0]["protocol"], ROUTE_PROTOCOL.to_string());
 
     // New pods take the overlay's MTU: pod end, host end, bridge.
     let p1 = lab.add_pod(1, "a", None);
@@ -286,11 +379,21 @@ fn vxlan_routes_pods_across_routed_subnets() {
 
     assert_no_nat(&p1, &p2.ns, p2.ip);
     assert_no_nat(&p2, &p1.ns, p1.ip);
+    // Pod -> other node keeps the pod address and, despite strict rp_filter, gets through:
+    // it takes the overlay, as the node's reply does.
     let n2 = lab.node(2).clone();
+    let node1 = lab.node(1).clone();
     assert_no_nat(&p1, &n2.ns, n2.ip);
+    assert_no_nat(&p2, &node1.ns, node1.ip);
     // The node itself reaches a remote pod through the overlay (from kinit.1's address).
     let seen = tcp_exchange(&n1, &p2.ns, p2.ip).unwrap();
     assert_eq!(seen, "10.244.1.0".parse::<IpAddr>().unwrap());
+    // A remote node's service bound to its node address reaches a pod, and the pod's reply
+    // (to the node address, from the pod address) goes back through the overlay.
+    let seen = udp_exchange_from(&n2.ns, n2.ip, &p1.ns, p1.ip, 5454).unwrap();
+    assert_eq!(seen, n2.ip, "the pod sees the remote node's address");
+    // The tunnel itself still runs over the underlay from the node address (not through
+    // the policy table): it is what carried all of the above.
     // A full-size segment crosses the overlay (the pod MTU leaves room for the header).
     let listener = listen(&p2.ns, p2.ip, 0);
     let port = listener.local_addr().unwrap().port();
@@ -315,14 +418,53 @@ fn vxlan_routes_pods_across_routed_subnets() {
     for r in lab.sync_all(Backend::Vxlan) {
         assert!(!r.changed(), "second sync changed something: {r:?}");
     }
+    // Foreign rules at kinit's priority and table (one without a source, one with another
+    // selector) are removed; kinit's own rule stays.
+    let pref = POLICY_RULE_PRIORITY.to_string();
+    let table = POLICY_ROUTE_TABLE.to_string();
+    sh(&[
+        "ip", "-n", &n1, "rule", "add", "pref", &pref, "table", &table,
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &n1,
+        "rule",
+        "add",
+        "from",
+        "10.244.1.0/24",
+        "iif",
+        "eth0",
+        "pref",
+        &pref,
+        "table",
+        &table,
+    ]);
+    assert_eq!(policy_rules(&n1).len(), 3);
+    let r = lab.sync(lab.node(1), Backend::Vxlan, &peers).unwrap();
+    assert_eq!(r.rules_removed.len(), 3, "all three go: {r:?}");
+    assert_eq!(r.rules_added.len(), 1, "kinit's own comes back: {r:?}");
+    let rules = policy_rules(&n1);
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0]["src"], "10.244.1.0");
+    assert!(rules[0].get("iif").is_none(), "{rules:?}");
 
     // node2 leaves: its route, neighbour and FDB entry go; the device stays.
     let only_node1: Vec<Peer> = peers[..1].to_vec();
     let r = lab.sync(lab.node(1), Backend::Vxlan, &only_node1).unwrap();
-    assert_eq!(r.routes_removed.len(), 1, "{r:?}");
+    assert_eq!(
+        r.routes_removed.len(),
+        2,
+        "pod range and node address: {r:?}"
+    );
     assert_eq!(r.neighbours_removed.len(), 1, "{r:?}");
     assert_eq!(r.fdb_removed.len(), 1, "{r:?}");
+    assert!(
+        r.rules_removed.is_empty(),
+        "the rule does not depend on peers: {r:?}"
+    );
     assert!(routes_proto(&n1).is_empty());
+    assert!(policy_routes(&n1).is_empty());
     assert!(ip_json(&n1, &["neigh", "show", "dev", VXLAN_DEVICE])
         .as_array()
         .unwrap()
@@ -344,9 +486,9 @@ fn vxlan_routes_pods_across_routed_subnets() {
     );
     // And comes back.
     let r = lab.sync(lab.node(1), Backend::Vxlan, &peers).unwrap();
-    assert_eq!(r.routes_added.len(), 1);
+    assert_eq!(r.routes_added.len(), 2, "{r:?}");
     assert!(r.device.is_empty(), "{r:?}");
-    let n2 = lab.node(2).clone();
+    assert_eq!(policy_routes(&n1).len(), 1);
     assert_no_nat(&p1, &n2.ns, n2.ip);
 }
 
@@ -366,8 +508,12 @@ fn backend_switch_and_restart_after_reboot() {
     let r = lab.sync_all(Backend::Vxlan);
     assert_eq!(
         r[0].routes_added,
-        ["10.244.2.0/24 via 10.244.2.0 dev kinit.1 onlink"]
+        [
+            format!("10.89.0.2/32 via 10.244.2.0 dev kinit.1 onlink table {POLICY_ROUTE_TABLE}"),
+            "10.244.2.0/24 via 10.244.2.0 dev kinit.1 onlink".to_string()
+        ]
     );
+    assert_eq!(r[0].rules_added.len(), 1, "{:?}", r[0]);
     assert_eq!(
         r[0].routes_removed,
         ["10.244.2.0/24 via 10.89.0.2 dev eth0"]
@@ -382,8 +528,8 @@ fn backend_switch_and_restart_after_reboot() {
     assert_eq!(mtu_of(&p3.ns, "eth0"), 1450);
     assert_eq!(mtu_of(&n1, "cni0"), 1450);
 
-    // Reboot of node1: its device and routes are gone; the agent's first sync restores
-    // them with the same MAC, so node2 needs no update at all.
+    // Reboot of node1: its device, routes and rules are gone; the agent's first sync
+    // restores them with the same MAC, so node2 needs no update at all.
     sh(&["ip", "-n", &n1, "link", "del", VXLAN_DEVICE]);
     sh(&[
         "ip",
@@ -394,18 +540,34 @@ fn backend_switch_and_restart_after_reboot() {
         "proto",
         &ROUTE_PROTOCOL.to_string(),
     ]);
+    let pref = POLICY_RULE_PRIORITY.to_string();
+    let table = POLICY_ROUTE_TABLE.to_string();
+    sh(&[
+        "ip", "-n", &n1, "rule", "del", "pref", &pref, "table", &table,
+    ]);
+    assert!(policy_rules(&n1).is_empty() && policy_routes(&n1).is_empty());
     assert!(tcp_exchange(&p1.ns, &p2.ns, p2.ip).is_err());
     let peers = lab.peers(Backend::Vxlan);
     let r = lab.sync(lab.node(1), Backend::Vxlan, &peers).unwrap();
     assert!(r.device.iter().any(|d| d.starts_with("created")), "{r:?}");
-    assert_eq!(r.routes_added.len(), 1);
+    assert_eq!(r.routes_added.len(), 2, "{r:?}");
+    assert_eq!(r.rules_added.len(), 1, "{r:?}");
     assert_no_nat(&p1, &p2.ns, p2.ip);
     assert_no_nat(&p2, &p1.ns, p1.ip);
 
-    // vxlan -> host-gw: the device and its routes go, the uplink route is back.
+    // vxlan -> host-gw: the device, its routes and the policy rule go, the uplink route is
+    // back.
     let r = lab.sync_all(Backend::HostGw);
     assert_eq!(r[0].device, ["deleted kinit.1"]);
     assert_eq!(r[0].routes_added, ["10.244.2.0/24 via 10.89.0.2 dev eth0"]);
+    assert_eq!(
+        r[0].rules_removed,
+        [format!(
+            "from 10.244.1.0/24 lookup {POLICY_ROUTE_TABLE} pref {POLICY_RULE_PRIORITY}"
+        )]
+    );
+    assert!(policy_rules(&n1).is_empty());
+    assert!(policy_routes(&n1).is_empty());
     assert!(ip_json(&n1, &["link", "show"])
         .as_array()
         .unwrap()
@@ -417,6 +579,41 @@ fn backend_switch_and_restart_after_reboot() {
     for r in lab.sync_all(Backend::HostGw) {
         assert!(!r.changed(), "{r:?}");
     }
+}
+
+#[test]
+fn add_waits_for_the_state_file_the_configuration_names() {
+    if !prerequisites("add_waits_for_the_state_file_the_configuration_names") {
+        return;
+    }
+    // A node's first boot: the plugin runs before the agent's first sync wrote the state
+    // file. ADD waits for it instead of taking the uplink's MTU.
+    let mut lab = Lab::new("kcnn5", PLUGIN.as_ref(), Underlay::OneSubnet, 1500);
+    let state_file = lab.node(1).state_file.clone();
+    assert!(!state_file.exists());
+    let agent = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        NetworkState {
+            backend: Backend::Vxlan,
+            mtu: 1450,
+        }
+        .write(&state_file)
+        .unwrap();
+    });
+    let started = std::time::Instant::now();
+    let pod = lab.add_pod(1, "early", None);
+    let took = started.elapsed();
+    agent.join().unwrap();
+    assert_eq!(mtu_of(&pod.ns, "eth0"), 1450, "the MTU from the state file");
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(9),
+        "ADD took {took:?}"
+    );
+    // Once the file is there, ADD does not wait.
+    let started = std::time::Instant::now();
+    let second = lab.add_pod(1, "second", None);
+    assert_eq!(mtu_of(&second.ns, "eth0"), 1450);
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 fn hostport_table(ns: &str) -> String {

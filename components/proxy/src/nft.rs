@@ -1,14 +1,17 @@
-//! Running the `nft` CLI: scripts through `nft -f -` (one atomic transaction each) and
-//! listings through `nft -j list table`, parsed into what the tamper check compares.
+//! Running `nft` for the proxy through kinit's shared runner ([`kinit_nft`]): scripts through
+//! `nft -f -` (one atomic transaction each) and listings through `nft -j list table`, with
+//! the proxy's error type; and reading a listing into what the tamper check compares
+//! ([`Observed`]).
 //!
-//! The CLI is used because nftables' netlink protocol has no maintained Rust crate for
-//! writing rulesets (the `nftables` crate also drives the CLI, through JSON).
+//! Lookup of the program, `LC_ALL=C`, the "table does not exist" detection and the parsing
+//! of the offending script line all live in `kinit_nft`; [`NftCommand`] only carries the
+//! proxy's configuration (same fields as `kinit_nft::NftCommand`) and names the table and the
+//! transaction in errors.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
+use kinit_nft::NftError;
 use serde_json::Value;
 
 use crate::error::ProxyError;
@@ -28,143 +31,93 @@ impl Default for NftCommand {
     /// `nft` from `PATH`, or `/usr/sbin/nft` / `/sbin/nft` when `PATH` lacks the sbin
     /// directories.
     fn default() -> Self {
-        let in_path = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join("nft").is_file()))
-            .unwrap_or(false);
-        let program = if in_path {
-            PathBuf::from("nft")
-        } else {
-            ["/usr/sbin/nft", "/sbin/nft"]
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| p.is_file())
-                .unwrap_or_else(|| PathBuf::from("nft"))
-        };
+        kinit_nft::NftCommand::default().into()
+    }
+}
+
+impl From<kinit_nft::NftCommand> for NftCommand {
+    fn from(c: kinit_nft::NftCommand) -> Self {
         NftCommand {
-            program,
-            args: Vec::new(),
+            program: c.program,
+            args: c.args,
         }
+    }
+}
+
+impl From<&NftCommand> for kinit_nft::NftCommand {
+    fn from(c: &NftCommand) -> Self {
+        kinit_nft::NftCommand {
+            program: c.program.clone(),
+            args: c.args.clone(),
+        }
+    }
+}
+
+/// The proxy's error for a failed listing or probe of `table`.
+fn list_error(table: &str, e: NftError) -> ProxyError {
+    match e {
+        NftError::Spawn { program, source } => ProxyError::NftSpawn { program, source },
+        NftError::Failed { stderr, .. } => ProxyError::NftList {
+            table: table.to_string(),
+            stderr,
+        },
+        NftError::Json { message, .. } => ProxyError::NftParse {
+            table: table.to_string(),
+            message,
+        },
     }
 }
 
 impl NftCommand {
     /// `nft` run inside the named network namespace through `ip netns exec`.
     pub fn in_netns(netns: &str) -> NftCommand {
-        NftCommand {
-            program: PathBuf::from("ip"),
-            args: vec!["netns".into(), "exec".into(), netns.into(), "nft".into()],
-        }
+        kinit_nft::NftCommand::in_netns(netns).into()
     }
 
-    fn run(&self, extra: &[&str], stdin: Option<&str>) -> Result<std::process::Output, ProxyError> {
-        let mut child = Command::new(&self.program)
-            .args(&self.args)
-            .args(extra)
-            // Error texts are matched below; keep them untranslated.
-            .env("LC_ALL", "C")
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| ProxyError::NftSpawn {
-                program: self.display(),
-                source,
-            })?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A failed write shows up as nft's own error below (it read a truncated script).
-            let _ = pipe.write_all(text.as_bytes());
-        }
-        child
-            .wait_with_output()
-            .map_err(|source| ProxyError::NftSpawn {
-                program: self.display(),
-                source,
-            })
+    fn runner(&self) -> kinit_nft::NftCommand {
+        self.into()
     }
 
     /// The command line, for messages.
     pub fn display(&self) -> String {
-        let mut parts = vec![self.program.display().to_string()];
-        parts.extend(self.args.iter().cloned());
-        parts.join(" ")
+        self.runner().display()
     }
 
     /// Runs `script` as one transaction on `table` (`what` says what it is, for errors).
     pub fn apply(&self, table: &str, what: &str, script: &str) -> Result<(), ProxyError> {
-        let out = self.run(&["-f", "-"], Some(script))?;
-        if out.status.success() {
-            return Ok(());
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        Err(ProxyError::NftTransaction {
-            table: table.to_string(),
-            what: what.to_string(),
-            offending_line: offending_line(&stderr, script),
-            stderr,
+        self.runner().apply(script).map_err(|e| match e {
+            NftError::Failed {
+                stderr,
+                offending_line,
+                ..
+            } => ProxyError::NftTransaction {
+                table: table.to_string(),
+                what: what.to_string(),
+                stderr,
+                offending_line,
+            },
+            other => list_error(table, other),
         })
     }
 
     /// The table as nft's JSON, `None` when it does not exist.
     pub fn list_table(&self, table: &str) -> Result<Option<Value>, ProxyError> {
-        let out = self.run(&["-j", "list", "table", "inet", table], None)?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            if stderr.contains("No such file or directory") {
-                return Ok(None);
-            }
-            return Err(ProxyError::NftList {
-                table: table.to_string(),
-                stderr: stderr.trim().to_string(),
-            });
-        }
-        serde_json::from_slice(&out.stdout)
-            .map(Some)
-            .map_err(|e| ProxyError::NftParse {
-                table: table.to_string(),
-                message: e.to_string(),
-            })
+        self.runner()
+            .list_table("inet", table)
+            .map_err(|e| list_error(table, e))
     }
 
     /// Whether table `inet table` exists.
     pub fn table_exists(&self, table: &str) -> Result<bool, ProxyError> {
-        let out = self.run(&["list", "tables", "inet"], None)?;
-        if !out.status.success() {
-            return Err(ProxyError::NftList {
-                table: table.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        let wanted = format!("table inet {table}");
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .any(|l| l.trim() == wanted))
+        self.runner()
+            .table_exists("inet", table)
+            .map_err(|e| list_error(table, e))
     }
 
     /// Whether nft runs and the kernel answers.
     pub fn probe(&self) -> Result<(), ProxyError> {
-        let out = self.run(&["list", "tables"], None)?;
-        if out.status.success() {
-            return Ok(());
-        }
-        Err(ProxyError::NftList {
-            table: "(all)".into(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+        self.runner().probe().map_err(|e| list_error("(all)", e))
     }
-}
-
-/// The script line nft complained about (`/dev/stdin:LINE:COL: Error: ...`), numbered.
-fn offending_line(stderr: &str, script: &str) -> Option<String> {
-    let line: usize = stderr.lines().find_map(|l| {
-        let rest = l.strip_prefix("/dev/stdin:")?;
-        rest.split(':').next()?.parse().ok()
-    })?;
-    let text = script.lines().nth(line.checked_sub(1)?)?;
-    Some(format!("line {line}: {text}"))
 }
 
 /// What a listing shows, reduced to what the tamper check compares.
@@ -268,14 +221,47 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn offending_line_is_taken_from_the_script() {
-        let stderr =
-            "/dev/stdin:2:36-38: Error: No symbol type information\nadd rule inet t c foo\n";
-        assert_eq!(
-            offending_line(stderr, "add table inet t\nadd rule inet t c foo\n"),
-            Some("line 2: add rule inet t c foo".into())
-        );
-        assert_eq!(offending_line("Error: something", "x"), None);
+    fn runner_errors_name_the_table_and_the_transaction() {
+        let refusing = NftCommand {
+            program: "sh".into(),
+            args: vec![
+                "-c".into(),
+                "cat >/dev/null; echo '/dev/stdin:2:1-3: Error: syntax error' >&2; exit 1".into(),
+                "nft".into(),
+            ],
+        };
+        match refusing.apply("t", "full resync", "add table inet t\nbad line\n") {
+            Err(ProxyError::NftTransaction {
+                table,
+                what,
+                stderr,
+                offending_line,
+            }) => {
+                assert_eq!((table.as_str(), what.as_str()), ("t", "full resync"));
+                assert!(stderr.contains("syntax error"), "{stderr}");
+                assert_eq!(offending_line.as_deref(), Some("line 2: bad line"));
+            }
+            other => panic!("expected a transaction error, got {other:?}"),
+        }
+        assert!(matches!(
+            refusing.list_table("t"),
+            Err(ProxyError::NftList { table, .. }) if table == "t"
+        ));
+        let missing = NftCommand {
+            program: "sh".into(),
+            args: vec![
+                "-c".into(),
+                "echo 'Error: No such file or directory' >&2; exit 1".into(),
+                "nft".into(),
+            ],
+        };
+        assert_eq!(missing.list_table("t").unwrap(), None);
+        let nowhere = NftCommand {
+            program: "/nonexistent/nft".into(),
+            args: vec![],
+        };
+        assert!(matches!(nowhere.probe(), Err(ProxyError::NftSpawn { .. })));
+        assert_eq!(NftCommand::in_netns("n1").display(), "ip netns exec n1 nft");
     }
 
     #[test]

@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::Handle;
 
 use super::{
@@ -109,14 +108,7 @@ impl LocalFacts {
         let uplink = nl::link_name(&link)
             .map(str::to_string)
             .unwrap_or_else(|| format!("#{index}"));
-        let mtu = link
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                LinkAttribute::Mtu(m) => Some(*m),
-                _ => None,
-            })
-            .unwrap_or(1500);
+        let mtu = nl::link_mtu(&link).unwrap_or(1500);
         let uplink_subnet = IpNet::new(node_ip, prefix)
             .map_err(|e| CniError::Network(format!("address {node_ip}/{prefix} on {uplink}: {e}")))?
             .trunc();

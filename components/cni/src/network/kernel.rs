@@ -1,5 +1,5 @@
-//! Reading and changing the kernel's routes, neighbours, FDB entries and the VXLAN device
-//! through rtnetlink, for [`super::NodeNetwork::sync`].
+//! Reading and changing the kernel's routes, policy rules, neighbours, FDB entries and the
+//! VXLAN device through rtnetlink, for [`super::NodeNetwork::sync`].
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -14,18 +14,23 @@ use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol,
 };
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use super::facts::format_mac;
-use super::plan::{Changes, CurrentState, FdbEntry, PlannedRoute};
-use super::{Backend, LocalFacts, SyncReport, ROUTE_PROTOCOL, VXLAN_DEVICE, VXLAN_PORT, VXLAN_VNI};
+use super::plan::{rule_text, Changes, CurrentState, FdbEntry, PlannedRoute, MAIN_TABLE};
+use super::{
+    Backend, LocalFacts, SyncReport, POLICY_ROUTE_TABLE, POLICY_RULE_PRIORITY, ROUTE_PROTOCOL,
+    VXLAN_DEVICE, VXLAN_PORT, VXLAN_VNI,
+};
 use crate::error::CniError;
 use crate::netlink as nl;
 
 const EEXIST: i32 = 17;
+const EAFNOSUPPORT: i32 = 97;
 
 fn vxlan_info(link: &LinkMessage) -> Vec<InfoVxlan> {
     link.attributes
@@ -41,13 +46,6 @@ fn vxlan_info(link: &LinkMessage) -> Vec<InfoVxlan> {
         })
         .flatten()
         .collect()
-}
-
-fn link_mtu(link: &LinkMessage) -> Option<u32> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Mtu(m) => Some(*m),
-        _ => None,
-    })
 }
 
 fn link_address(link: &LinkMessage) -> Option<&[u8]> {
@@ -100,14 +98,8 @@ pub(super) async fn ensure_vxlan(
     let index = match existing {
         Some(link) => {
             let index = link.header.index;
-            if link_mtu(&link) != Some(mtu) {
-                h.link()
-                    .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
-                    .execute()
-                    .await
-                    .map_err(|e| {
-                        CniError::netlink(format!("set the MTU of {VXLAN_DEVICE} to {mtu}"), e)
-                    })?;
+            if nl::link_mtu(&link) != Some(mtu) {
+                nl::set_mtu(h, index, mtu, VXLAN_DEVICE).await?;
                 log.push(format!("set {VXLAN_DEVICE} mtu {mtu}"));
             }
             if link_address(&link) != Some(&facts.vtep_mac[..]) {
@@ -235,6 +227,10 @@ pub(super) async fn delete_vxlan(h: &Handle, log: &mut Vec<String>) -> Result<()
 /// The kernel messages behind a [`CurrentState`], for precise deletes.
 pub(super) struct Raw {
     routes: HashMap<PlannedRoute, RouteMessage>,
+    rules: HashMap<IpNet, RuleMessage>,
+    /// Rules at kinit's priority and table that are not of kinit's shape (see
+    /// [`flush_rules`]).
+    stray_rules: Vec<RuleMessage>,
     neighbours: HashMap<IpAddr, NeighbourMessage>,
     fdb: HashMap<FdbEntry, NeighbourMessage>,
 }
@@ -267,6 +263,87 @@ fn mac_of(bytes: &[u8]) -> Option<[u8; 6]> {
     bytes.try_into().ok()
 }
 
+/// The route's table: the `RTA_TABLE` attribute (ids above 255 live only there), else the
+/// header's.
+fn route_table(m: &RouteMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(m.header.table))
+}
+
+/// The rule's table, like [`route_table`].
+fn rule_table(m: &RuleMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(m.header.table))
+}
+
+/// The rule's `from` prefix; `0.0.0.0/0` (`::/0`) when it has none.
+fn rule_source(m: &RuleMessage) -> Option<IpNet> {
+    let src = m.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Source(ip) => Some(*ip),
+        _ => None,
+    });
+    let src = src.unwrap_or(match m.header.family {
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    });
+    IpNet::new(src, m.header.src_len).ok()
+}
+
+/// The rules at kinit's priority that look up kinit's table (any other selector they carry
+/// makes them differ from the planned `from <range>` rule, so they are replaced).
+async fn kinit_rules(h: &Handle) -> Result<Vec<RuleMessage>, CniError> {
+    let mut out = Vec::new();
+    for (version, v6) in [(IpVersion::V4, false), (IpVersion::V6, true)] {
+        let listed: Result<Vec<RuleMessage>, _> =
+            h.rule().get(version).execute().try_collect().await;
+        let msgs = match listed {
+            Ok(m) => m,
+            // A kernel without IPv6 has no IPv6 rules.
+            Err(e) if v6 && nl::errno(&e) == Some(EAFNOSUPPORT) => continue,
+            Err(e) => return Err(CniError::netlink("list the policy rules", e)),
+        };
+        out.extend(msgs.into_iter().filter(|m| {
+            rule_table(m) == POLICY_ROUTE_TABLE
+                && m.attributes
+                    .contains(&RuleAttribute::Priority(POLICY_RULE_PRIORITY))
+        }));
+    }
+    Ok(out)
+}
+
+/// A rule of kinit's shape carries nothing but priority, table, a source prefix and
+/// protocol. Only such a rule can be deleted on its own: the kernel deletes the first rule
+/// matching the selectors a request names, so a request for `from all` or without `iif`
+/// would also match another rule at the same priority.
+fn rule_is_plain(m: &RuleMessage) -> bool {
+    m.header.src_len > 0
+        && m.header.dst_len == 0
+        && m.header.tos == 0
+        && m.header.action == RuleAction::ToTable
+        && !m.header.flags.contains(RuleFlags::Invert)
+        && m.attributes.iter().all(|a| {
+            matches!(
+                a,
+                RuleAttribute::Priority(_)
+                    | RuleAttribute::Table(_)
+                    | RuleAttribute::Source(_)
+                    | RuleAttribute::Protocol(_)
+                    | RuleAttribute::SuppressPrefixLen(u32::MAX)
+                    | RuleAttribute::SuppressIfGroup(u32::MAX)
+            )
+        })
+}
+
 async fn kinit_routes(h: &Handle) -> Result<Vec<RouteMessage>, CniError> {
     let mut out = Vec::new();
     for query in [
@@ -281,7 +358,7 @@ async fn kinit_routes(h: &Handle) -> Result<Vec<RouteMessage>, CniError> {
             .await
             .map_err(|e| CniError::netlink("list routes", e))?;
         out.extend(msgs.into_iter().filter(|m| {
-            m.header.table == RouteHeader::RT_TABLE_MAIN
+            matches!(route_table(m), MAIN_TABLE | POLICY_ROUTE_TABLE)
                 && m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)
         }));
     }
@@ -298,7 +375,8 @@ async fn neighbours(h: &Handle, family: AddressFamily) -> Result<Vec<NeighbourMe
         .map_err(|e| CniError::netlink(format!("list {family:?} neighbour entries"), e))
 }
 
-/// kinit's routes, and the permanent neighbours and the FDB entries of the VXLAN device.
+/// kinit's routes and policy rules, and the permanent neighbours and the FDB entries of the
+/// VXLAN device.
 pub(super) async fn current_state(
     h: &Handle,
     vxlan_index: Option<u32>,
@@ -306,9 +384,22 @@ pub(super) async fn current_state(
     let mut state = CurrentState::default();
     let mut raw = Raw {
         routes: HashMap::new(),
+        rules: HashMap::new(),
+        stray_rules: Vec::new(),
         neighbours: HashMap::new(),
         fdb: HashMap::new(),
     };
+    for m in kinit_rules(h).await? {
+        match rule_source(&m) {
+            Some(src) if rule_is_plain(&m) && !raw.rules.contains_key(&src) => {
+                state.rules.insert(src);
+                raw.rules.insert(src, m);
+            }
+            // Another shape (or a duplicate) at kinit's priority and table: never planned,
+            // so it goes.
+            _ => raw.stray_rules.push(m),
+        }
+    }
     for m in kinit_routes(h).await? {
         let mut dst = None;
         let mut via = None;
@@ -340,6 +431,7 @@ pub(super) async fn current_state(
             via: via.unwrap_or(unspecified),
             oif: oif.unwrap_or(0),
             onlink: m.header.flags.contains(RouteFlags::Onlink),
+            table: route_table(&m),
         };
         state.routes.insert(r);
         raw.routes.insert(r, m);
@@ -397,9 +489,93 @@ fn gone_ok(what: String) -> impl FnOnce(rtnetlink::Error) -> Result<(), CniError
     }
 }
 
-/// Applies `changes`: additions first (FDB, neighbours, routes; a kinit route with the same
-/// destination is replaced in one step), then removals, so traffic to peers that stay never
-/// sees a gap. Entries already gone count as removed.
+/// Whether rules at kinit's priority and table exist that are not of kinit's shape.
+pub(super) fn has_stray_rules(current: &(CurrentState, Raw)) -> bool {
+    !current.1.stray_rules.is_empty()
+}
+
+/// Deletes every rule at kinit's priority and table, kinit's own and strays alike (see
+/// [`rule_is_plain`] for why strays cannot go alone); the caller re-reads the state and
+/// adds kinit's rules back. Each request names only family, priority and table, so it
+/// deletes the first rule left there.
+pub(super) async fn flush_rules(
+    h: &Handle,
+    current: &(CurrentState, Raw),
+    report: &mut SyncReport,
+) -> Result<(), CniError> {
+    let (_, raw) = current;
+    let described = raw
+        .rules
+        .keys()
+        .map(rule_text)
+        .chain(raw.stray_rules.iter().map(|m| match rule_source(m) {
+            Some(src) => format!("{} (with other selectors)", rule_text(&src)),
+            None => format!(
+                "a rule at pref {POLICY_RULE_PRIORITY} lookup {POLICY_ROUTE_TABLE} that kinit did not add"
+            ),
+        }));
+    let families = raw
+        .rules
+        .values()
+        .chain(&raw.stray_rules)
+        .map(|m| m.header.family);
+    for (family, text) in families.zip(described).collect::<Vec<_>>() {
+        let mut msg = RuleMessage::default();
+        msg.header.family = family;
+        msg.header.table = POLICY_ROUTE_TABLE.try_into().unwrap_or(0);
+        msg.header.action = RuleAction::ToTable;
+        msg.attributes
+            .push(RuleAttribute::Priority(POLICY_RULE_PRIORITY));
+        msg.attributes
+            .push(RuleAttribute::Table(POLICY_ROUTE_TABLE));
+        h.rule()
+            .del(msg)
+            .execute()
+            .await
+            .or_else(gone_ok(format!(
+                "remove the rules at pref {POLICY_RULE_PRIORITY} lookup {POLICY_ROUTE_TABLE} (one is not kinit's)"
+            )))?;
+        report.rules_removed.push(text);
+    }
+    Ok(())
+}
+
+/// Adds the policy rule `from src lookup` [`POLICY_ROUTE_TABLE`] at [`POLICY_RULE_PRIORITY`]
+/// (protocol [`ROUTE_PROTOCOL`], shown by `ip rule`); an identical rule is fine.
+async fn add_rule(h: &Handle, src: IpNet) -> Result<(), CniError> {
+    let base = h
+        .rule()
+        .add()
+        .table_id(POLICY_ROUTE_TABLE)
+        .priority(POLICY_RULE_PRIORITY)
+        .action(RuleAction::ToTable);
+    let protocol = RuleAttribute::Protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+    let result = match src {
+        IpNet::V4(n) => {
+            let mut req = base.v4().source_prefix(n.network(), n.prefix_len());
+            req.message_mut().attributes.push(protocol);
+            req.execute().await
+        }
+        IpNet::V6(n) => {
+            let mut req = base.v6().source_prefix(n.network(), n.prefix_len());
+            req.message_mut().attributes.push(protocol);
+            req.execute().await
+        }
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if nl::errno(&e) == Some(EEXIST) => Ok(()),
+        Err(e) => Err(CniError::netlink(
+            format!("add rule {}", rule_text(&src)),
+            e,
+        )),
+    }
+}
+
+/// Applies `changes`: additions first (FDB, neighbours, routes, then the policy rules that
+/// lead to the routes; a kinit route with the same destination and table is replaced in one
+/// step), then removals (rules before the routes they lead to), so traffic to peers that
+/// stay never sees a gap. Entries already gone count as removed.
 pub(super) async fn apply(
     h: &Handle,
     changes: &Changes,
@@ -418,12 +594,22 @@ pub(super) async fn apply(
             format!("#{oif}")
         }
     };
-    let show = |r: &PlannedRoute| -> String {
-        let mut s = format!("{} via {} dev {}", r.dst, r.via, dev(r.oif));
-        if r.onlink {
-            s.push_str(" onlink");
+    let table_arg = |r: &PlannedRoute| -> String {
+        if r.table == MAIN_TABLE {
+            String::new()
+        } else {
+            format!(" table {}", r.table)
         }
-        s
+    };
+    let show = |r: &PlannedRoute| -> String {
+        let onlink = if r.onlink { " onlink" } else { "" };
+        format!(
+            "{} via {} dev {}{onlink}{}",
+            r.dst,
+            r.via,
+            dev(r.oif),
+            table_arg(r)
+        )
     };
     if let Some(index) = vxlan_index {
         for e in &changes.add_fdb {
@@ -469,11 +655,15 @@ pub(super) async fn apply(
             .and_then(|b| b.gateway(r.via))
             .map_err(|e| CniError::Network(format!("route {}: {e}", show(r))))?
             .output_interface(r.oif)
+            .table_id(r.table)
             .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
         if r.onlink {
             b = b.onlink();
         }
-        let replace = state.routes.iter().any(|c| c.dst == r.dst);
+        let replace = state
+            .routes
+            .iter()
+            .any(|c| c.dst == r.dst && c.table == r.table);
         let mut req = h.route().add(b.build());
         if replace {
             req = req.replace();
@@ -482,22 +672,42 @@ pub(super) async fn apply(
             Ok(()) => {}
             Err(e) if nl::errno(&e) == Some(EEXIST) => {
                 return Err(CniError::Network(format!(
-                    "cannot add route {}: a route to {} that kinit did not add is in the way; remove it (ip route del {})",
+                    "cannot add route {}: a route to {} that kinit did not add is in the way; remove it (ip route del {}{})",
                     show(r),
                     r.dst,
-                    r.dst
+                    r.dst,
+                    table_arg(r)
                 )))
             }
             Err(e) => return Err(CniError::netlink(format!("add route {}", show(r)), e)),
         }
         report.routes_added.push(show(r));
     }
+    for src in &changes.add_rules {
+        add_rule(h, *src).await?;
+        report.rules_added.push(rule_text(src));
+    }
+    for src in &changes.del_rules {
+        let Some(msg) = raw.rules.get(src) else {
+            continue;
+        };
+        h.rule()
+            .del(msg.clone())
+            .execute()
+            .await
+            .or_else(gone_ok(format!("remove rule {}", rule_text(src))))?;
+        report.rules_removed.push(rule_text(src));
+    }
     for r in &changes.del_routes {
         let Some(msg) = raw.routes.get(r) else {
             continue;
         };
         // Replaced in the step above: nothing left to remove.
-        if changes.add_routes.iter().any(|a| a.dst == r.dst) {
+        if changes
+            .add_routes
+            .iter()
+            .any(|a| a.dst == r.dst && a.table == r.table)
+        {
             report.routes_removed.push(show(r));
             continue;
         }

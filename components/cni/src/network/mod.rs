@@ -9,6 +9,11 @@
 //!   permanent neighbour `<peer range .0> lladdr <peer VTEP MAC>`, a permanent FDB entry
 //!   `<peer VTEP MAC> dst <peer node IP>` and a route
 //!   `<peer range> via <peer range .0> dev kinit.1 onlink`. Works across routed subnets.
+//!   Traffic from pods to other nodes' addresses keeps the pod address, so it takes the
+//!   overlay too, as the replies do (else underlay anti-spoofing or a peer's strict
+//!   `rp_filter` drops it): a policy rule `from <own pod range> lookup`
+//!   [`POLICY_ROUTE_TABLE`] at priority [`POLICY_RULE_PRIORITY`], and in that table per peer
+//!   `<peer node IP>/32 via <peer range .0> dev kinit.1 onlink`.
 //!
 //! [`CniMode::Auto`] picks host-gw when every node's address lies in every other node's uplink
 //! subnet, else vxlan ([`decide`]); nodes publish the facts this needs as Node annotations
@@ -16,10 +21,11 @@
 //! node decides alike from the same Node set.
 //!
 //! [`NodeNetwork::sync`] is an idempotent reconcile: it compares what the kernel has (routes
-//! are recognised by their protocol number [`ROUTE_PROTOCOL`]; neighbours and FDB entries
-//! live on kinit's own device) with what the peers need, and adds and removes only the
-//! difference. It also keeps the masquerade table's node address sets (traffic to nodes keeps
-//! the pod's address) and writes the runtime file [`DEFAULT_STATE_FILE`] from which the CNI
+//! are recognised by their protocol number [`ROUTE_PROTOCOL`] in the main table and in
+//! [`POLICY_ROUTE_TABLE`]; policy rules by their priority and table; neighbours and FDB
+//! entries live on kinit's own device) with what the peers need, and adds and removes only
+//! the difference. It also keeps the masquerade table's node address sets (traffic to nodes keeps
+//! the pod's address) and writes the state file [`DEFAULT_STATE_FILE`] from which the CNI
 //! plugin takes the pods' MTU.
 
 mod facts;
@@ -41,7 +47,8 @@ use crate::netlink as nl;
 
 pub use facts::{peer_facts_from_annotations, vtep_mac, LocalFacts, PeerFacts};
 pub use plan::{
-    diff, plan, Changes, CurrentState, DesiredState, FdbEntry, PlannedRoute, SkippedPeer,
+    diff, plan, rule_text, Changes, CurrentState, DesiredState, FdbEntry, PlannedRoute,
+    SkippedPeer, MAIN_TABLE,
 };
 pub use state::NetworkState;
 
@@ -57,6 +64,15 @@ pub const ANNOTATION_VTEP_MAC: &str = "network.kinit.io/vtep-mac";
 /// Route protocol number (`proto` in `ip route`) of every route kinit's network adds, so
 /// they can be told from others: `ip route flush proto 107` removes them all.
 pub const ROUTE_PROTOCOL: u8 = 107;
+/// Priority of kinit's policy rules (`ip rule`, vxlan only): `from <own pod range> lookup`
+/// [`POLICY_ROUTE_TABLE`]. Before the main table's rule (32766); a lookup that finds no
+/// route in kinit's table goes on to the next rule. `kinit reset` removes them:
+/// `while ip -4 rule del pref 107 table 107; do :; done` (and the same with `-6`).
+pub const POLICY_RULE_PRIORITY: u32 = 107;
+/// Routing table of kinit's policy routes (vxlan only): `<peer node IP>/32 via <peer range
+/// .0> dev kinit.1 onlink proto 107`. `kinit reset` empties it: `ip -4 route flush table
+/// 107` (and `-6`).
+pub const POLICY_ROUTE_TABLE: u32 = 107;
 /// Name of the VXLAN device; it starts with `kinit` so `kinit reset` deletes it.
 pub const VXLAN_DEVICE: &str = "kinit.1";
 /// VXLAN network identifier (flannel's default).
@@ -68,8 +84,15 @@ pub const VXLAN_PORT: u16 = 8472;
 pub const VXLAN_OVERHEAD_V4: u32 = 50;
 /// Bytes VXLAN adds to a frame over an IPv6 underlay (outer IPv6 header is 40 bytes).
 pub const VXLAN_OVERHEAD_V6: u32 = 70;
-/// Where [`NodeNetwork::sync`] writes the [`NetworkState`] the CNI plugin reads.
-pub const DEFAULT_STATE_FILE: &str = "/run/kinit/network.json";
+/// Where [`NodeNetwork::sync`] writes the [`NetworkState`] the CNI plugin reads. It is on
+/// persistent storage (not `/run`), so right after a reboot, before the agent's first sync,
+/// ADD still gives pods the MTU of the backend the node runs; `kinit reset` removes it with
+/// `/var/lib/kinit`.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/kinit/cni/network.json";
+/// How long ADD waits for the state file when the configuration names it
+/// (`networkStateFile`) and it does not exist yet (a node's first boot, before the agent's
+/// first sync); after that ADD falls back to the MTU of the default route's interface.
+pub const STATE_FILE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Network (conflist `name`) whose masquerade table holds the node address sets.
 pub const DEFAULT_NETWORK_NAME: &str = "kinit";
 
@@ -223,12 +246,12 @@ pub struct NetworkConfig {
     pub cluster_cidrs: Vec<IpNet>,
     /// The conflist's network name, whose masquerade table gets the node address sets.
     pub network_name: String,
-    /// Where the runtime file for the CNI plugin goes.
+    /// Where the state file for the CNI plugin goes.
     pub state_file: PathBuf,
 }
 
 impl NetworkConfig {
-    /// A configuration with the default network name and runtime file path.
+    /// A configuration with the default network name and state file path.
     pub fn new(
         node_name: impl Into<String>,
         node_ip: IpAddr,
@@ -251,7 +274,7 @@ impl NetworkConfig {
 pub struct SyncReport {
     /// The backend now in place.
     pub backend: Backend,
-    /// The MTU pods must use, as written to the runtime file.
+    /// The MTU pods must use, as written to the state file.
     pub pod_mtu: u32,
     /// Changes to the VXLAN device (created, recreated, MTU/MAC/address fixed, deleted).
     pub device: Vec<String>,
@@ -259,6 +282,10 @@ pub struct SyncReport {
     pub routes_added: Vec<String>,
     /// Routes removed.
     pub routes_removed: Vec<String>,
+    /// Policy rules added (vxlan), e.g. `from 10.244.1.0/24 lookup 107 pref 107`.
+    pub rules_added: Vec<String>,
+    /// Policy rules removed.
+    pub rules_removed: Vec<String>,
     /// Neighbour entries added or replaced.
     pub neighbours_added: Vec<String>,
     /// Neighbour entries removed.
@@ -269,7 +296,7 @@ pub struct SyncReport {
     pub fdb_removed: Vec<String>,
     /// Whether the masquerade table's node address sets were rewritten.
     pub node_addresses_changed: bool,
-    /// Whether the runtime file was rewritten.
+    /// Whether the state file was rewritten.
     pub state_file_changed: bool,
     /// Peers left out, with the reason (no pod CIDR yet, range outside the cluster, ...).
     pub skipped: Vec<SkippedPeer>,
@@ -281,6 +308,8 @@ impl SyncReport {
         !(self.device.is_empty()
             && self.routes_added.is_empty()
             && self.routes_removed.is_empty()
+            && self.rules_added.is_empty()
+            && self.rules_removed.is_empty()
             && self.neighbours_added.is_empty()
             && self.neighbours_removed.is_empty()
             && self.fdb_added.is_empty()
@@ -294,7 +323,13 @@ impl SyncReport {
 ///
 /// It acts on the network namespace of the thread that created it (netlink socket) and of
 /// the threads that call [`sync`](NodeNetwork::sync) (`nft` child processes); the agent
-/// runs in the host namespace, tests in private ones. `sync` runs `nft` synchronously.
+/// runs in the host namespace, tests in private ones.
+///
+/// [`sync`](NodeNetwork::sync) is an `async fn` for its netlink requests but also blocks
+/// its thread: it runs `nft` child processes and waits for them, and reads and writes
+/// sysctls and the state file with blocking file I/O. Run it on a thread of its own with its
+/// own current-thread runtime (as the agent does, and the tests do), not on a worker of a
+/// shared runtime, where it would stall the other tasks for the length of a sync.
 pub struct NodeNetwork {
     config: NetworkConfig,
     handle: rtnetlink::Handle,
@@ -331,7 +366,7 @@ impl NodeNetwork {
 
     /// Reconciles the node with `backend` and `peers`: adds what is missing, removes what
     /// belongs to peers that left or to the other backend, fixes the VXLAN device, the node
-    /// address sets and the runtime file. Running it again with the same input changes
+    /// address sets and the state file. Running it again with the same input changes
     /// nothing. In host-gw mode a peer that is not on the uplink's subnet is refused: the
     /// others are still synced, then the error names the refused peers.
     pub async fn sync(&mut self, backend: Backend, peers: &[Peer]) -> Result<SyncReport, CniError> {
@@ -345,6 +380,8 @@ impl NodeNetwork {
             device: Vec::new(),
             routes_added: Vec::new(),
             routes_removed: Vec::new(),
+            rules_added: Vec::new(),
+            rules_removed: Vec::new(),
             neighbours_added: Vec::new(),
             neighbours_removed: Vec::new(),
             fdb_added: Vec::new(),
@@ -368,7 +405,12 @@ impl NodeNetwork {
         };
         let desired = plan(backend, &facts, &self.config, peers, vxlan_index);
         report.skipped = desired.skipped.clone();
-        let current = kernel::current_state(&self.handle, vxlan_index).await?;
+        let mut current = kernel::current_state(&self.handle, vxlan_index).await?;
+        if kernel::has_stray_rules(&current) {
+            // A foreign rule sits at kinit's priority and table: start the rules afresh.
+            kernel::flush_rules(&self.handle, &current, &mut report).await?;
+            current = kernel::current_state(&self.handle, vxlan_index).await?;
+        }
         let changes = diff(&desired, &current.0);
         kernel::apply(
             &self.handle,
@@ -442,6 +484,16 @@ mod tests {
             uplink_subnet: subnet.map(|s| s.parse().unwrap()),
             vtep_mac: None,
         }
+    }
+
+    #[test]
+    fn state_file_survives_a_reboot() {
+        // /run is a tmpfs: after a reboot ADD would find no file and give pods the uplink's
+        // MTU until the agent's first sync. /var/lib/kinit persists and `kinit reset`
+        // removes it.
+        let path = std::path::Path::new(DEFAULT_STATE_FILE);
+        assert!(path.starts_with("/var/lib/kinit"), "{DEFAULT_STATE_FILE}");
+        assert!(!path.starts_with("/run") && !path.starts_with("/var/run"));
     }
 
     #[test]

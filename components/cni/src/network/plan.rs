@@ -1,5 +1,5 @@
-//! Pure planning: which routes, neighbours and FDB entries the peers need ([`plan`]), and
-//! what to add and remove to get there from what the kernel has ([`diff`]).
+//! Pure planning: which routes, policy rules, neighbours and FDB entries the peers need
+//! ([`plan`]), and what to add and remove to get there from what the kernel has ([`diff`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -8,12 +8,16 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::facts::{format_mac, vtep_mac};
-use super::{Backend, LocalFacts, NetworkConfig, Peer};
+use super::{Backend, LocalFacts, NetworkConfig, Peer, POLICY_ROUTE_TABLE};
 
-/// A route kinit's network owns (protocol [`super::ROUTE_PROTOCOL`], main table).
+/// The kernel's main routing table.
+pub const MAIN_TABLE: u32 = 254;
+
+/// A route kinit's network owns (protocol [`super::ROUTE_PROTOCOL`]), in the main table or
+/// in kinit's policy table [`POLICY_ROUTE_TABLE`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PlannedRoute {
-    /// Destination: a peer's pod range.
+    /// Destination: a peer's pod range (main table) or a peer's node address (policy table).
     pub dst: IpNet,
     /// Next hop: the peer's node address (host-gw) or its range's network address (vxlan).
     pub via: IpAddr,
@@ -21,6 +25,8 @@ pub struct PlannedRoute {
     pub oif: u32,
     /// `onlink` (vxlan: the next hop is not on any subnet of the device).
     pub onlink: bool,
+    /// Routing table: [`MAIN_TABLE`] or [`POLICY_ROUTE_TABLE`].
+    pub table: u32,
 }
 
 impl fmt::Display for PlannedRoute {
@@ -29,8 +35,20 @@ impl fmt::Display for PlannedRoute {
         if self.onlink {
             f.write_str(" onlink")?;
         }
+        if self.table != MAIN_TABLE {
+            write!(f, " table {}", self.table)?;
+        }
         Ok(())
     }
+}
+
+/// `from <src> lookup` [`POLICY_ROUTE_TABLE`] at priority [`super::POLICY_RULE_PRIORITY`]:
+/// the policy rule for one of this node's pod ranges.
+pub fn rule_text(src: &IpNet) -> String {
+    format!(
+        "from {src} lookup {POLICY_ROUTE_TABLE} pref {}",
+        super::POLICY_RULE_PRIORITY
+    )
 }
 
 /// A VXLAN forwarding entry: frames for `mac` are sent to `dst`.
@@ -60,8 +78,12 @@ pub struct SkippedPeer {
 /// What the node should have.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DesiredState {
-    /// Routes to the peers' pod ranges.
+    /// Routes to the peers' pod ranges (main table) and, vxlan only, to the peers' node
+    /// addresses through the overlay (policy table).
     pub routes: BTreeSet<PlannedRoute>,
+    /// vxlan only: source prefixes (this node's pod ranges of the node address's family)
+    /// whose traffic looks up the policy table first.
+    pub rules: BTreeSet<IpNet>,
     /// Permanent neighbours on the VXLAN device: next-hop address → VTEP MAC.
     pub neighbours: BTreeMap<IpAddr, [u8; 6]>,
     /// Permanent FDB entries on the VXLAN device.
@@ -76,8 +98,10 @@ pub struct DesiredState {
 /// device).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CurrentState {
-    /// kinit's routes.
+    /// kinit's routes (main and policy table).
     pub routes: BTreeSet<PlannedRoute>,
+    /// Source prefixes of the rules at kinit's priority that look up kinit's table.
+    pub rules: BTreeSet<IpNet>,
     /// Permanent neighbours on the VXLAN device.
     pub neighbours: BTreeMap<IpAddr, [u8; 6]>,
     /// FDB entries on the VXLAN device.
@@ -91,6 +115,10 @@ pub struct Changes {
     pub add_routes: Vec<PlannedRoute>,
     /// kinit routes to remove.
     pub del_routes: Vec<PlannedRoute>,
+    /// Policy rules to add (by source prefix).
+    pub add_rules: Vec<IpNet>,
+    /// Policy rules to remove (by source prefix).
+    pub del_rules: Vec<IpNet>,
     /// Neighbours to add or replace.
     pub add_neighbours: Vec<(IpAddr, [u8; 6])>,
     /// Neighbours to remove.
@@ -115,6 +143,15 @@ fn overlaps(a: &IpNet, b: &IpNet) -> bool {
 /// Plans the state `backend` needs for `peers`. `vxlan_index` is the VXLAN device's index
 /// (vxlan only). Peers are taken in name order, so when two claim overlapping ranges the
 /// first by name keeps it, on every node alike.
+///
+/// With vxlan, traffic from this node's pods to a peer's node address keeps the pod's
+/// address (it is not masqueraded), so it must take the overlay as the peer's reply does:
+/// sent over the underlay it would leave with a source the underlay does not route back
+/// (anti-spoofing in cloud networks, strict reverse-path filtering on the peer). Hence a
+/// policy rule per own pod range of the node address's family, `from <range> lookup`
+/// [`POLICY_ROUTE_TABLE`], and in that table per peer `<node address>/32 via <peer range's
+/// network address> dev kinit.1 onlink`. The encapsulated packets come from the node
+/// address, so they never match the rule.
 pub fn plan(
     backend: Backend,
     local: &LocalFacts,
@@ -126,6 +163,13 @@ pub fn plan(
     let mut sorted: Vec<&Peer> = peers.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name).then(a.node_ip.cmp(&b.node_ip)));
     let own: Vec<IpNet> = config.pod_cidrs.iter().map(IpNet::trunc).collect();
+    if backend == Backend::Vxlan && vxlan_index.is_some() {
+        out.rules = own
+            .iter()
+            .filter(|c| c.prefix_len() > 0 && c.addr().is_ipv4() == local.node_ip.is_ipv4())
+            .copied()
+            .collect();
+    }
     let mut claimed: Vec<(IpNet, String)> = Vec::new();
     let skip = |out: &mut DesiredState, p: &Peer, reason: String| {
         out.skipped.push(SkippedPeer {
@@ -200,6 +244,7 @@ pub fn plan(
                         via: p.node_ip,
                         oif: local.uplink_index,
                         onlink: false,
+                        table: MAIN_TABLE,
                     });
                 }
                 (Backend::Vxlan, Some(index)) => {
@@ -209,8 +254,27 @@ pub fn plan(
                         via: next_hop,
                         oif: index,
                         onlink: true,
+                        table: MAIN_TABLE,
                     });
                     out.neighbours.insert(next_hop, mac);
+                    // The peer's node address through the overlay, via the next hop of its
+                    // range of the same family (first such range; one route per address).
+                    let node_dst = IpNet::from(p.node_ip);
+                    if !out.rules.is_empty()
+                        && cidr.addr().is_ipv4() == p.node_ip.is_ipv4()
+                        && !out
+                            .routes
+                            .iter()
+                            .any(|r| r.table == POLICY_ROUTE_TABLE && r.dst == node_dst)
+                    {
+                        out.routes.insert(PlannedRoute {
+                            dst: node_dst,
+                            via: next_hop,
+                            oif: index,
+                            onlink: true,
+                            table: POLICY_ROUTE_TABLE,
+                        });
+                    }
                 }
                 (Backend::Vxlan, None) => unreachable!("skipped above"),
             }
@@ -238,6 +302,8 @@ pub fn diff(desired: &DesiredState, current: &CurrentState) -> Changes {
             .difference(&desired.routes)
             .copied()
             .collect(),
+        add_rules: desired.rules.difference(&current.rules).copied().collect(),
+        del_rules: current.rules.difference(&desired.rules).copied().collect(),
         add_neighbours: desired
             .neighbours
             .iter()
@@ -275,6 +341,14 @@ mod tests {
             via: via.parse().unwrap(),
             oif,
             onlink,
+            table: MAIN_TABLE,
+        }
+    }
+
+    fn policy_route(dst: &str, via: &str, oif: u32) -> PlannedRoute {
+        PlannedRoute {
+            table: POLICY_ROUTE_TABLE,
+            ..route(dst, via, oif, true)
         }
     }
 
@@ -294,6 +368,10 @@ mod tests {
         .into();
         assert_eq!(d.routes, want);
         assert!(d.neighbours.is_empty() && d.fdb.is_empty());
+        assert!(
+            d.rules.is_empty(),
+            "host-gw is symmetric without policy routing"
+        );
         assert!(d.skipped.is_empty() && d.refused.is_empty(), "{d:?}");
     }
 
@@ -311,7 +389,8 @@ mod tests {
         // vxlan takes the same peer.
         let d = plan(Backend::Vxlan, &local, &config(), &peers, Some(9));
         assert!(d.refused.is_empty());
-        assert_eq!(d.routes.len(), 2);
+        let pod_routes = d.routes.iter().filter(|r| r.table == MAIN_TABLE).count();
+        assert_eq!(pod_routes, 2);
     }
 
     #[test]
@@ -328,9 +407,16 @@ mod tests {
             route("10.244.2.0/24", "10.244.2.0", 7, true),
             route("fd10:0:0:2::/64", "fd10:0:0:2::", 7, true),
             route("10.244.3.0/24", "10.244.3.0", 7, true),
+            // The peers' node addresses through the overlay, for traffic from own pods.
+            policy_route("192.168.5.2/32", "10.244.2.0", 7),
+            policy_route("10.0.0.3/32", "10.244.3.0", 7),
         ]
         .into();
         assert_eq!(d.routes, want);
+        assert_eq!(
+            d.rules,
+            BTreeSet::from(["10.244.1.0/24".parse::<IpNet>().unwrap()])
+        );
         assert_eq!(
             d.neighbours,
             BTreeMap::from([
@@ -356,6 +442,53 @@ mod tests {
                 },
             ])
         );
+    }
+
+    #[test]
+    fn vxlan_policy_routing_follows_the_node_address_family() {
+        // IPv6 nodes, dual-stack pods: the rule covers the own IPv6 range, the policy
+        // routes go via the peers' IPv6 next hops.
+        let local = facts("fd00::1", "fd00::/64");
+        let mut cfg = NetworkConfig::new(
+            "a",
+            "fd00::1".parse().unwrap(),
+            vec![
+                "10.244.1.0/24".parse().unwrap(),
+                "fd10:0:0:1::/64".parse().unwrap(),
+            ],
+            vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "fd10::/56".parse().unwrap(),
+            ],
+        );
+        let mut b = peer("b", "fd00::2", "10.244.2.0/24", None);
+        b.pod_cidrs.push("fd10:0:0:2::/64".parse().unwrap());
+        let d = plan(
+            Backend::Vxlan,
+            &local,
+            &cfg,
+            std::slice::from_ref(&b),
+            Some(7),
+        );
+        assert_eq!(
+            d.rules,
+            BTreeSet::from(["fd10:0:0:1::/64".parse::<IpNet>().unwrap()])
+        );
+        let policy: Vec<_> = d
+            .routes
+            .iter()
+            .filter(|r| r.table == POLICY_ROUTE_TABLE)
+            .copied()
+            .collect();
+        assert_eq!(policy, [policy_route("fd00::2/128", "fd10:0:0:2::", 7)]);
+        // No own range of the node address's family: no rule, no policy route.
+        cfg.pod_cidrs.truncate(1);
+        let d = plan(Backend::Vxlan, &local, &cfg, &[b], Some(7));
+        assert!(d.rules.is_empty());
+        assert!(d.routes.iter().all(|r| r.table == MAIN_TABLE), "{d:?}");
+        // Without the device nothing is planned.
+        let d = plan(Backend::Vxlan, &local, &config(), &[], None);
+        assert!(d.rules.is_empty() && d.routes.is_empty());
     }
 
     #[test]
@@ -416,13 +549,20 @@ mod tests {
         // Nothing yet: everything is added.
         let c = diff(&desired, &CurrentState::default());
         assert_eq!(
-            (c.add_routes.len(), c.add_neighbours.len(), c.add_fdb.len()),
-            (2, 2, 2)
+            (
+                c.add_routes.len(),
+                c.add_rules.len(),
+                c.add_neighbours.len(),
+                c.add_fdb.len()
+            ),
+            (4, 1, 2, 2)
         );
         assert!(c.del_routes.is_empty() && c.del_neighbours.is_empty() && c.del_fdb.is_empty());
+        assert!(c.del_rules.is_empty());
         // In place: nothing to do.
         let now = CurrentState {
             routes: desired.routes.clone(),
+            rules: desired.rules.clone(),
             neighbours: desired.neighbours.clone(),
             fdb: desired.fdb.clone(),
         };
@@ -441,11 +581,19 @@ mod tests {
         let mut now = now;
         now.routes
             .insert(route("10.244.5.0/24", "10.0.0.5", 2, false));
+        now.rules.insert("10.244.9.0/24".parse().unwrap());
         let c = diff(&after, &now);
         assert!(c.add_routes.is_empty());
+        assert!(c.add_rules.is_empty());
+        assert_eq!(
+            c.del_rules,
+            ["10.244.9.0/24".parse::<IpNet>().unwrap()],
+            "a rule for a range this node no longer has goes"
+        );
         assert_eq!(
             c.del_routes,
             [
+                policy_route("10.0.0.3/32", "10.244.3.0", 7),
                 route("10.244.3.0/24", "10.244.3.0", 7, true),
                 route("10.244.5.0/24", "10.0.0.5", 2, false)
             ]
@@ -482,12 +630,29 @@ mod tests {
         let c = diff(&vxlan, &now);
         assert_eq!(
             c.add_routes,
-            [route("10.244.2.0/24", "10.244.2.0", 7, true)]
+            [
+                policy_route("10.0.0.2/32", "10.244.2.0", 7),
+                route("10.244.2.0/24", "10.244.2.0", 7, true)
+            ]
         );
         assert_eq!(c.del_routes, [route("10.244.2.0/24", "10.0.0.2", 2, false)]);
+        assert_eq!(c.add_rules, ["10.244.1.0/24".parse::<IpNet>().unwrap()]);
         assert_eq!(
             route("10.244.2.0/24", "10.244.2.0", 7, true).to_string(),
             "10.244.2.0/24 via 10.244.2.0 dev #7 onlink"
         );
+        assert_eq!(
+            policy_route("10.0.0.2/32", "10.244.2.0", 7).to_string(),
+            format!("10.0.0.2/32 via 10.244.2.0 dev #7 onlink table {POLICY_ROUTE_TABLE}")
+        );
+        // And back: the rule and the policy route go with the overlay.
+        let now = CurrentState {
+            routes: vxlan.routes.clone(),
+            rules: vxlan.rules.clone(),
+            ..Default::default()
+        };
+        let c = diff(&hostgw, &now);
+        assert_eq!(c.del_rules, ["10.244.1.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(c.del_routes.len(), 2, "{c:?}");
     }
 }

@@ -1,14 +1,18 @@
-//! The runtime file through which the node network tells the CNI plugin what pods need.
+//! The state file through which the node network tells the CNI plugin what pods need.
+//!
+//! It lives on persistent storage ([`super::DEFAULT_STATE_FILE`] is under `/var/lib/kinit`),
+//! so after a reboot pods started before the agent's first sync still get the overlay's MTU.
 
 use std::io::{ErrorKind, Write};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::Backend;
 use crate::error::CniError;
 
-/// Contents of the runtime file ([`super::DEFAULT_STATE_FILE`]), e.g.
+/// Contents of the state file ([`super::DEFAULT_STATE_FILE`]), e.g.
 /// `{"backend":"vxlan","mtu":1450}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkState {
@@ -33,6 +37,25 @@ impl NetworkState {
                 source: std::io::Error::new(ErrorKind::InvalidData, e),
             }
         })
+    }
+
+    /// Reads the file, waiting up to `timeout` for it to appear (polling, so it works on any
+    /// file system); `None` when it is still missing then. Used by ADD when the
+    /// configuration names the file: on a node's first boot the agent may not have synced
+    /// yet when the first pods start.
+    pub fn wait_for(path: &Path, timeout: Duration) -> Result<Option<NetworkState>, CniError> {
+        const POLL: Duration = Duration::from_millis(100);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(state) = NetworkState::read(path)? {
+                return Ok(Some(state));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(POLL.min(deadline - now));
+        }
     }
 
     /// Writes the file atomically (temporary file in the same directory, then rename);
@@ -106,5 +129,51 @@ mod tests {
         std::fs::write(&path, "{").unwrap();
         let e = NetworkState::read(&path).unwrap_err();
         assert!(e.to_string().contains("not valid JSON"), "{e}");
+    }
+
+    #[test]
+    fn waiting_picks_up_a_file_written_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cni").join("network.json");
+        let s = NetworkState {
+            backend: Backend::Vxlan,
+            mtu: 1450,
+        };
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                s.write(&path).unwrap();
+            })
+        };
+        let started = Instant::now();
+        assert_eq!(
+            NetworkState::wait_for(&path, Duration::from_secs(10)).unwrap(),
+            Some(s)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "returns as soon as the file is there"
+        );
+        writer.join().unwrap();
+        // Present: no wait at all.
+        let started = Instant::now();
+        assert_eq!(
+            NetworkState::wait_for(&path, Duration::from_secs(10)).unwrap(),
+            Some(s)
+        );
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // Never written: gives up after the timeout.
+        let missing = dir.path().join("missing.json");
+        let started = Instant::now();
+        assert_eq!(
+            NetworkState::wait_for(&missing, Duration::from_millis(250)).unwrap(),
+            None
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+            "{waited:?}"
+        );
     }
 }

@@ -52,7 +52,7 @@ pub struct Node {
     pub ip: IpAddr,
     /// Its pod range.
     pub pod_cidr: IpNet,
-    /// Its runtime file.
+    /// Its state file.
     pub state_file: PathBuf,
     /// Its IPAM data directory.
     pub data_dir: PathBuf,
@@ -131,7 +131,7 @@ pub struct Lab {
     pub prefix: String,
     /// The plugin executable.
     pub plugin: PathBuf,
-    /// Scratch directory (IPAM stores, runtime files).
+    /// Scratch directory (IPAM stores, state files).
     pub dir: PathBuf,
     /// The two nodes.
     pub nodes: Vec<Node>,
@@ -292,11 +292,44 @@ impl Lab {
                 ns,
                 ip: ip.parse().expect("lab address"),
                 pod_cidr: format!("10.244.{i}.0/24").parse().expect("lab range"),
-                state_file: node_dir.join("run").join("network.json"),
+                state_file: node_dir.join("cni").join("network.json"),
                 data_dir: node_dir.join("networks"),
             });
         }
         lab
+    }
+
+    /// Turns on strict reverse-path filtering (`rp_filter=1`) on both nodes (`all` and the
+    /// uplink `eth0`) and in the underlay (`all` and its bridges), as cloud networks'
+    /// anti-spoofing and hardened hosts do: a packet whose source would not be routed back
+    /// out the interface it came in on is dropped.
+    pub fn strict_rp_filter(&self) {
+        let set = |ns: &str, dev: &str| {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sh",
+                "-c",
+                &format!("echo 1 > /proc/sys/net/ipv4/conf/{dev}/rp_filter"),
+            ]);
+        };
+        for node in &self.nodes {
+            set(&node.ns, "all");
+            set(&node.ns, "eth0");
+        }
+        let u = format!("{}-u", self.prefix);
+        set(&u, "all");
+        for link in ip_json(&u, &["link", "show", "type", "bridge"])
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if let Some(br) = link["ifname"].as_str() {
+                set(&u, br);
+            }
+        }
     }
 
     fn netns(&mut self, suffix: &str) -> String {
