@@ -1,6 +1,6 @@
 //! Undoing kinit on a host: stop the agent and every container it started, remove kinit's
-//! images, mounts, network links (bridge, VXLAN device), routes to other nodes' pods, nftables
-//! tables (service proxy, masquerade, hostPorts), put back the files kinit replaced (from
+//! images, mounts, network links (bridge, VXLAN device), routes and policy rules towards other
+//! nodes' pods, nftables tables (service proxy, masquerade, hostPorts), put back the files kinit replaced (from
 //! `originals/`) and delete the ones it created (from `managed-files`).
 //!
 //! The work is one shell script run on the host, so a reset needs nothing but `sh` and the
@@ -23,9 +23,6 @@ const SHARED_DIRS: &[&str] = &["/etc/kubernetes"];
 
 /// Prefix of every nftables table and network link kinit creates.
 pub const NET_PREFIX: &str = "kinit";
-
-/// kinit's runtime directory on hosts (the pod network's state file for the CNI plugin).
-pub const RUN_DIR: &str = "/run/kinit";
 
 /// The default bridge of kinit's CNI configuration.
 pub const DEFAULT_BRIDGE: &str = "cni0";
@@ -94,10 +91,18 @@ if [ -f /etc/cni/net.d/10-kinit.conflist ]; then
 fi
 [ -e "/sys/class/net/$bridge" ] && act ip link delete "$bridge"
 for l in $(ls /sys/class/net 2>/dev/null | grep '^{prefix}'); do act ip link delete "$l"; done
-# Routes to other nodes' pod ranges (host-gw) carry kinit's route protocol.
+# Routes to other nodes' pod ranges (host-gw) carry kinit's route protocol; in VXLAN mode pod
+# traffic to other nodes goes through a policy rule and table of its own.
 if [ -n "$(ip route show proto {route_proto} 2>/dev/null)" ]; then act ip route flush proto {route_proto}; fi
 if [ -n "$(ip -6 route show proto {route_proto} 2>/dev/null)" ]; then act ip -6 route flush proto {route_proto}; fi
-[ -e {run_dir} ] && act rm -rf {run_dir}
+for fam in -4 -6; do
+  n=0
+  while [ $n -lt 32 ] && ip $fam rule show pref {rule_pref} 2>/dev/null | grep -q "lookup {rule_table}"; do
+    act ip $fam rule del pref {rule_pref} table {rule_table}
+    n=$((n+1)); [ "$DRY" = 1 ] && break
+  done
+  if [ -n "$(ip $fam route show table {rule_table} 2>/dev/null)" ]; then act ip $fam route flush table {rule_table}; fi
+done
 if command -v nft >/dev/null 2>&1; then
   nft list tables 2>/dev/null | while read -r _ family name; do
     case "$name" in {prefix}*) act nft delete table "$family" "$name" ;; esac
@@ -134,7 +139,8 @@ exit 0
         bridge = DEFAULT_BRIDGE,
         prefix = NET_PREFIX,
         route_proto = kinit_cni::network::ROUTE_PROTOCOL,
-        run_dir = RUN_DIR,
+        rule_pref = kinit_cni::network::POLICY_RULE_PRIORITY,
+        rule_table = kinit_cni::network::POLICY_ROUTE_TABLE,
         state = STATE_ROOT,
         managed = MANAGED_LIST,
         owned = owned.join(" "),
@@ -182,24 +188,42 @@ mod tests {
     }
 
     #[test]
-    fn network_state_is_removed_with_the_runtime_directory_and_route_protocol() {
+    fn network_state_routes_rules_links_and_tables_are_removed() {
         let text = script(true);
         assert!(
-            std::path::Path::new(kinit_cni::network::DEFAULT_STATE_FILE).starts_with(RUN_DIR),
-            "the CNI runtime file lives in the directory reset removes"
+            std::path::Path::new(kinit_cni::network::DEFAULT_STATE_FILE).starts_with(STATE_ROOT),
+            "the pod network's state file lives in the directory reset removes"
         );
+        assert!(text.contains(&format!(
+            "ip $fam rule del pref {} table {}",
+            kinit_cni::network::POLICY_RULE_PRIORITY,
+            kinit_cni::network::POLICY_ROUTE_TABLE
+        )));
         assert!(text.contains(&format!(
             "ip route flush proto {}",
             kinit_cni::network::ROUTE_PROTOCOL
         )));
-        assert!(kinit_cni::network::VXLAN_DEVICE.starts_with(NET_PREFIX));
-        assert!(kinit_proxy_table_is_removed(&text));
+        // Links and tables go by prefix: every one kinit creates carries it.
+        assert!(text.contains(&format!("case \"$name\" in {NET_PREFIX}*)")));
+        for name in [
+            kinit_cni::network::VXLAN_DEVICE,
+            kinit_proxy::DEFAULT_TABLE,
+            kinit_cni::hostport::TABLE,
+            &kinit_cni::masq::table_name("kinit"),
+        ] {
+            assert!(name.starts_with(NET_PREFIX), "{name}");
+        }
     }
 
-    fn kinit_proxy_table_is_removed(text: &str) -> bool {
-        // Tables are removed by prefix; the proxy's table carries it.
-        text.contains(&format!("case \"$name\" in {NET_PREFIX}*)"))
-            && "kinit-proxy".starts_with(NET_PREFIX)
+    #[test]
+    fn the_conflist_names_the_state_file_the_agent_writes() {
+        let context = kinit_templates::ClusterRenderContext::default();
+        let text = kinit_templates::render_template("10-kinit.conflist.j2", &context).unwrap();
+        let conflist: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            conflist["plugins"][0]["networkStateFile"],
+            kinit_cni::network::DEFAULT_STATE_FILE
+        );
     }
 
     #[test]

@@ -241,6 +241,8 @@ async fn sync_once(
                     neighbours_removed = ?report.neighbours_removed,
                     fdb_added = ?report.fdb_added,
                     fdb_removed = ?report.fdb_removed,
+                    rules_added = ?report.rules_added,
+                    rules_removed = ?report.rules_removed,
                     "pod network synced"
                 );
             }
