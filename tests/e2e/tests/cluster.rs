@@ -21,6 +21,9 @@ use kinit_e2e::{
 use kinit_executor::{Host, SshHost};
 use serde_json::Value;
 
+#[path = "cluster/network.rs"]
+mod network;
+
 const DEMO: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -38,14 +41,14 @@ spec:
       - name: demo
         image: kinit.local/demoapp:TAG
         imagePullPolicy: IfNotPresent
-        ports: [{containerPort: 8080}]
+        ports: [{containerPort: 8080, name: http}]
         env:
         - name: POD_NAME
           valueFrom: {fieldRef: {fieldPath: metadata.name}}
         - name: POD_IP
           valueFrom: {fieldRef: {fieldPath: status.podIP}}
         readinessProbe:
-          httpGet: {path: /healthz, port: 8080}
+          httpGet: {path: /readyz, port: 8080}
           periodSeconds: 1
         livenessProbe:
           httpGet: {path: /livez, port: 8080}
@@ -148,15 +151,26 @@ ps -eo pid=,comm= | awk '$2 ~ /^(kinit|containerd-shim)/ {print "process " $1 " 
 awk '$5 ~ /^\/var\/lib\/kinit|^\/var\/log\/pods|^\/run\/containerd\/io\.containerd|^\/var\/lib\/containerd\/.+/ {print "mount " $5}' /proc/self/mountinfo
 for l in $(ls /sys/class/net); do case "$l" in cni0|kinit*|veth*) echo "link $l";; esac; done
 ip netns list 2>/dev/null | awk '{print "netns " $1}'
+ip route show proto ROUTE_PROTO 2>/dev/null | sed 's/^/route /'
+ip rule show 2>/dev/null | awk '$1 == "RULE_PREF:" {print "rule " $0}'
 nft list tables 2>/dev/null | grep kinit | sed 's/^/nft /'
 ctr -n k8s.io containers ls -q 2>/dev/null | sed 's/^/container /'
 ctr -n k8s.io images ls -q 2>/dev/null | grep kinit | sed 's/^/image /'
 true
 "#;
+    let script = script
+        .replace(
+            "ROUTE_PROTO",
+            &kinit_cni::network::ROUTE_PROTOCOL.to_string(),
+        )
+        .replace(
+            "RULE_PREF",
+            &kinit_cni::network::POLICY_RULE_PRIORITY.to_string(),
+        );
     let out = host
         .run_checked(&format!(
             "sh -c {}",
-            kinit_executor::shell_quote(script).unwrap()
+            kinit_executor::shell_quote(&script).unwrap()
         ))
         .await
         .unwrap();
@@ -182,6 +196,8 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
     let config = test_config("cluster", 3);
     let lab = kinit_lab::up(&config, &()).await.expect("lab up");
     let _guard = LabGuard::new(&config.run_dir, &config.name);
+    // The site's DNS server as the lab hosts' resolv.conf names it.
+    let _upstream = network::Upstream::start(kinit_lab::GATEWAY);
     let work = tempfile::tempdir().unwrap();
     let apply = Apply {
         kinit: kinit.clone(),
@@ -422,14 +438,16 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
         percentile(&seconds, 99.0)
     );
     kubectl.ok(&["delete", "pods", "-l", "app=latency", "--wait=false"]);
-    let rss = host_of("node1")
-        .run_checked("ps -eo rss=,args= | awk '$2 ~ /(^|\\/)kinit$/ {printf \"%.1f MiB %s\\n\", $1/1024, $3}'")
-        .await
-        .unwrap();
-    println!(
-        "RSS on the control-plane host:\n{}",
-        String::from_utf8_lossy(&rss.stdout)
-    );
+    for node in ["node1", "node2", "node3"] {
+        let rss = host_of(node)
+            .run_checked("ps -eo rss=,args= | awk '$2 ~ /(^|\\/)kinit$/ {printf \"%.1f MiB %s\\n\", $1/1024, $3}'")
+            .await
+            .unwrap();
+        println!(
+            "RSS of kinit's processes on {node} (agent with the proxy; dns where a DNS pod runs):\n{}",
+            String::from_utf8_lossy(&rss.stdout)
+        );
+    }
 
     println!("--- a StatefulSet and a CronJob run on the workers");
     kubectl.apply(&STATEFUL.replace("TAG", &tag));
@@ -484,6 +502,96 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
     .await;
     kubectl.ok(&["delete", "cronjob", "tick"]);
     kubectl.ok(&["delete", "statefulset", "web", "--wait=false"]);
+
+    println!("--- cluster DNS is installed the way kubeadm installs CoreDNS");
+    let dns = kubectl.json(&["-n", "kube-system", "get", "service", "kube-dns"]);
+    assert_eq!(dns["spec"]["clusterIP"], "10.96.0.10");
+    kubectl.ok(&[
+        "-n",
+        "kube-system",
+        "rollout",
+        "status",
+        "deployment/coredns",
+        "--timeout=180s",
+    ]);
+    let dns_pods = kubectl.json(&["-n", "kube-system", "get", "pods", "-l", "k8s-app=kube-dns"]);
+    assert_eq!(dns_pods["items"].as_array().unwrap().len(), 2, "{dns_pods}");
+
+    let net = network::Net {
+        kubectl: &kubectl,
+        nodes: lab
+            .hosts
+            .iter()
+            .zip(&hosts)
+            .map(|(h, ssh)| network::Node {
+                name: h.name.clone(),
+                ip: h.address.clone(),
+                ssh,
+            })
+            .collect(),
+        tag: tag.clone(),
+    };
+    net.deploy();
+    net.wait_ready().await;
+    let host_gw = net.check("host-gw", false).await;
+    // `auto` on one subnet is host-gw: a route per peer's range via its address, no VXLAN.
+    let entries = network::network_entries(host_of("node2")).await;
+    assert!(entries.contains("via 10.88.0.13"), "{entries}");
+    assert!(!entries.contains("dst 10.88.0.13"), "{entries}");
+
+    println!("--- the same cluster switched to VXLAN by the inventory");
+    let vxlan_inventory = work.path().join("inventory-vxlan.yaml");
+    let mut doc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&lab.inventory).unwrap()).unwrap();
+    doc["spec"]["cluster"]["cni"] = serde_yaml::from_str("{mode: vxlan}").unwrap();
+    std::fs::write(&vxlan_inventory, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    let apply = Apply {
+        inventory: vxlan_inventory,
+        ..apply
+    };
+    let (report, took) = apply.run();
+    println!("apply (switch to vxlan) took {:.1} s", took.as_secs_f64());
+    for h in report["hosts"].as_array().unwrap() {
+        assert_eq!(h["node"], "ready", "{h}");
+    }
+    for node in ["node1", "node2", "node3"] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let text = loop {
+            let out = host_of(node)
+                .run(&format!(
+                    "ip -d link show {}",
+                    kinit_cni::network::VXLAN_DEVICE
+                ))
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.success() || Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        assert!(text.contains("vxlan id 1"), "{node}: {text}");
+        assert!(text.contains("dstport 8472"), "{node}: {text}");
+        assert!(text.contains("mtu 1450"), "{node}: {text}");
+    }
+    let entries = network::network_entries(host_of("node2")).await;
+    assert!(
+        entries.contains("dst 10.88.0.13"),
+        "the FDB names node3: {entries}"
+    );
+    assert!(
+        !entries.contains("via 10.88.0.13"),
+        "no host-gw route left: {entries}"
+    );
+    net.recreate_pods().await;
+    net.wait_ready().await;
+    let vxlan = net.check("vxlan", true).await;
+    println!(
+        "pod-to-pod / node-to-node throughput: host-gw {:.2}, vxlan {:.2}",
+        host_gw.pod_to_pod / host_gw.node_to_node,
+        vxlan.pod_to_pod / vxlan.node_to_node
+    );
+    net.remove();
 
     println!("--- a second apply changes nothing");
     let (report, took) = apply.run();
@@ -540,8 +648,26 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
         );
         text
     };
+    let node3_range = record["node3"].clone();
+    let before = network::network_entries(host_of("node2")).await;
+    assert!(
+        before.contains(&node3_range),
+        "node2 routes to node3's pods: {before}"
+    );
     let text = reset_node3();
     assert!(text.contains("deleted Node node3"), "{text}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = network::network_entries(host_of("node2")).await;
+        if !now.contains(&node3_range) && !now.contains("10.88.0.13") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node2 still has entries for node3 after its reset: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let left = kinit_leftovers(node3).await;
     assert!(left.is_empty(), "left on node3 after reset: {left:#?}");
     let missing = kubectl.output(&["get", "node", "node3"], None);
