@@ -258,18 +258,16 @@ pub async fn plan<H: Host>(host: &H, target: &HostTarget) -> Result<HostPlan, Ph
 
     let marker = host
         .run(&format!(
-            "cat {IMAGES_DIR}/binary.sha256 2>/dev/null; echo; cat {ADMIN_BOX_MARKER} 2>/dev/null"
+            "echo \"binary $(cat {IMAGES_DIR}/binary.sha256 2>/dev/null)\"; echo \"admin-box $(cat {ADMIN_BOX_MARKER} 2>/dev/null)\""
         ))
         .await
         .map_err(exec(PhaseName::Images))?;
     let marker = String::from_utf8_lossy(&marker.stdout).into_owned();
-    let mut marker_lines = marker.lines();
-    let imported_from = marker_lines.next().unwrap_or_default().trim().to_string();
-    let admin_box_there = marker_lines.next().map(|l| l.trim().to_string());
+    let (imported_from, admin_box_there) = parse_image_markers(&marker);
     let admin_box_stale = target
         .admin_box
         .as_ref()
-        .is_some_and(|b| admin_box_there.as_deref() != Some(b.sha256.as_str()));
+        .is_some_and(|b| admin_box_there != b.sha256);
     let listed = host
         .run("ctr -n k8s.io images ls -q 2>/dev/null")
         .await
@@ -315,6 +313,18 @@ pub async fn plan<H: Host>(host: &H, target: &HostTarget) -> Result<HostPlan, Ph
         phases,
         files,
     })
+}
+
+/// The digests in the Images phase's markers, from `binary <sha>` / `admin-box <sha>` lines
+/// (empty when a marker is missing).
+fn parse_image_markers(text: &str) -> (String, String) {
+    let value = |label: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(label))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    (value("binary "), value("admin-box "))
 }
 
 /// Shell lines for the end of the Images phase: when the images were rebuilt from another
@@ -436,5 +446,21 @@ pub async fn run_phase<H: Host>(
             .await
             .map(|_| ())
             .map_err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_markers_are_read_by_label() {
+        let (binary, admin_box) = parse_image_markers("binary abc\nadmin-box def\n");
+        assert_eq!((binary.as_str(), admin_box.as_str()), ("abc", "def"));
+        // Missing markers read as empty, never as the other marker's value.
+        let (binary, admin_box) = parse_image_markers("binary \nadmin-box def\n");
+        assert_eq!((binary.as_str(), admin_box.as_str()), ("", "def"));
+        let (binary, admin_box) = parse_image_markers("binary abc\nadmin-box \n");
+        assert_eq!((binary.as_str(), admin_box.as_str()), ("abc", ""));
     }
 }

@@ -42,9 +42,11 @@ pub struct ProxyConfig {
     pub masquerade_bit: u32,
     /// Masquerade all traffic to cluster IPs, like kube-proxy's `--masquerade-all`.
     pub masquerade_all: bool,
-    /// How often the whole table is rewritten regardless (default 1 h).
+    /// How often the whole table is rewritten regardless (default 1 h), in place, keeping
+    /// session-affinity state.
     pub full_resync_period: Duration,
-    /// How often the table is compared with the model (default 10 s). When one check takes
+    /// How often the table is compared with the model, by content (default 10 s; what is
+    /// compared: [`crate::table::TableModel::differences`]). When one check takes
     /// long (a very large table), the next waits at least 20 times as long, so checks stay
     /// under about 5 % of one core.
     pub tamper_check_period: Duration,

@@ -4,7 +4,7 @@
 //!
 //! The watch loop ([`crate::start`]) feeds it; tests and the benchmark drive it directly.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
@@ -13,15 +13,17 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::config::{ConntrackCleanup, ProxyConfig};
 use crate::conntrack::{stale_udp_flows, Conntrack, FlowFilter};
 use crate::error::ProxyError;
+use crate::listing::{Detail, TableListing};
 use crate::model::{plan_service, ServiceKey, ServicePortPlan};
-use crate::nft::{NftCommand, Observed};
+use crate::nft::NftCommand;
 use crate::render::{render_service, RenderContext};
-use crate::table::{Delta, TableModel};
+use crate::table::{Delta, Difference, TableModel};
 
 /// What a sync did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncKind {
-    /// The whole table was deleted and recreated.
+    /// The whole table was rewritten in one transaction (rebuilt in place, keeping the
+    /// session-affinity sets, or, as the last resort, recreated).
     Full,
     /// Only the changed Services' objects were written.
     Incremental,
@@ -42,6 +44,9 @@ pub struct SyncReport {
     pub duration: Duration,
     /// Conntrack entries deleted afterwards.
     pub conntrack_deleted: usize,
+    /// Whether a full resync deleted and recreated the table (the last resort after a
+    /// failed rebuild; session-affinity state is lost) instead of rebuilding it in place.
+    pub table_recreated: bool,
 }
 
 /// The proxy's state and kernel operations.
@@ -60,6 +65,14 @@ pub struct Engine {
     needs_full: bool,
     programmed: bool,
     conntrack_warned: bool,
+    /// The last full resync's rebuild failed: the next one recreates the table.
+    rebuild_failed: bool,
+    /// What the last tamper check found (cleared when a check finds nothing).
+    repairing: HashSet<Difference>,
+    /// A full resync ran since `repairing` was found.
+    repair_written: bool,
+    /// `(written, listed)` rule pairs accepted as equal (see [`Engine::check_table`]).
+    tolerated: HashSet<(String, String)>,
 }
 
 fn same_service(a: &Service, b: &Service) -> bool {
@@ -88,6 +101,10 @@ impl Engine {
             needs_full: true,
             programmed: false,
             conntrack_warned: false,
+            rebuild_failed: false,
+            repairing: HashSet::new(),
+            repair_written: false,
+            tolerated: HashSet::new(),
         })
     }
 
@@ -240,9 +257,12 @@ impl Engine {
         &self.table
     }
 
-    /// The script a full resync would run now (for measurements).
+    /// The script a full resync would run now if the table did not exist (for
+    /// measurements).
     pub fn full_script(&self) -> String {
-        self.table.full_script(&self.ctx)
+        self.table
+            .rebuild_script(&self.ctx, &TableListing::default())
+            .script
     }
 
     fn compute_plans(&self, key: &ServiceKey) -> Vec<ServicePortPlan> {
@@ -313,7 +333,12 @@ impl Engine {
         ))
     }
 
-    /// Deletes and recreates the whole table from the caches, in one transaction.
+    /// Rewrites the whole table from the caches, in one transaction: rebuilt in place from a
+    /// fresh listing of its chains, sets and maps, keeping the session-affinity sets of
+    /// Services that still have affinity ([`TableModel::rebuild_script`]); after a rebuild
+    /// failed, the next one deletes and recreates the table instead
+    /// ([`TableModel::recreate_script`]), which always converges but loses the affinity
+    /// state.
     pub fn full_resync(&mut self) -> Result<SyncReport, ProxyError> {
         let start = Instant::now();
         self.dirty.clear();
@@ -337,20 +362,73 @@ impl Engine {
         self.table.clear();
         let delta = self.table.apply_batch(changes);
         warn_conflicts(&delta);
-        let script = self.table.full_script(&self.ctx);
-        if let Err(e) = self.nft.apply(&self.ctx.table, "full resync", &script) {
+        let recreate = self.rebuild_failed;
+        let (script, leftover_chains) = if recreate {
+            (self.table.recreate_script(&self.ctx), Vec::new())
+        } else {
+            let existing = match self.list_declarations() {
+                Ok(existing) => existing,
+                Err(e) => {
+                    self.needs_full = true;
+                    return Err(e);
+                }
+            };
+            let rebuild = self.table.rebuild_script(&self.ctx, &existing);
+            (rebuild.script, rebuild.leftover_chains)
+        };
+        let what = if recreate {
+            "full resync (table recreated)"
+        } else {
+            "full resync"
+        };
+        if let Err(e) = self.nft.apply(&self.ctx.table, what, &script) {
             self.needs_full = true;
+            self.rebuild_failed = !recreate;
             return Err(e);
         }
+        self.rebuild_failed = false;
+        self.table.add_stale_chains(&leftover_chains);
         self.needs_full = false;
         self.programmed = true;
+        if !self.repairing.is_empty() {
+            self.repair_written = true;
+        }
         let deleted = self.clean_conntrack(&flows);
-        Ok(self.report(
+        let mut report = self.report(
             SyncKind::Full,
             keys.len(),
             script.lines().count(),
             start,
             deleted,
+        );
+        report.table_recreated = recreate;
+        Ok(report)
+    }
+
+    /// The table's chains, sets and maps without rules, for a rebuild: from
+    /// `nft -j list chains|sets|maps inet` filtered to the proxy's table, which costs a
+    /// fraction of listing the table with its rules. Empty when the table does not exist.
+    fn list_declarations(&self) -> Result<TableListing, ProxyError> {
+        let table = &self.ctx.table;
+        let mut items = Vec::new();
+        for kind in ["chains", "sets", "maps"] {
+            let listing = self.nft.list_json(table, &["list", kind, "inet"])?;
+            let Some(serde_json::Value::Object(mut listing)) = listing else {
+                continue;
+            };
+            if let Some(serde_json::Value::Array(objects)) = listing.remove("nftables") {
+                items.extend(objects.into_iter().filter(|o| {
+                    o.as_object()
+                        .and_then(|o| o.values().next())
+                        .and_then(|v| v.get("table"))
+                        .and_then(serde_json::Value::as_str)
+                        == Some(table.as_str())
+                }));
+            }
+        }
+        Ok(TableListing::from_json(
+            &serde_json::json!({ "nftables": items }),
+            Detail::Declarations,
         ))
     }
 
@@ -368,6 +446,7 @@ impl Engine {
             script_lines: lines,
             duration: start.elapsed(),
             conntrack_deleted: ct,
+            table_recreated: false,
         }
     }
 
@@ -389,29 +468,57 @@ impl Engine {
         }
     }
 
-    /// Compares the kernel's table with the model. `Ok(None)`: it matches (or nothing was
-    /// programmed yet). `Ok(Some(why))`: it differs; the next sync is a full resync.
+    /// Compares the kernel's table with the model, by content (what is compared:
+    /// [`TableModel::differences`]). `Ok(None)`: it matches (or nothing was programmed yet).
+    /// `Ok(Some(why))`: it differs; the next sync is a full resync.
+    ///
+    /// A rule difference that survives the full resync meant to repair it (nft listing a
+    /// rule in a form [`crate::listing::normalize`] does not know, or another program making
+    /// the same change again at once) cannot be repaired by rewriting: it is logged as a
+    /// warning and from then on that exact pair of written and listed rule is accepted.
     pub fn check_table(&mut self) -> Result<Option<String>, ProxyError> {
         if !self.programmed || self.needs_full {
             return Ok(None);
         }
-        let mismatches = match self.nft.list_table(&self.ctx.table)? {
-            None => vec![format!("table inet {} is missing", self.ctx.table)],
-            Some(listing) => {
-                Observed::from_json(&listing).mismatches(&self.table.expected(&self.ctx))
-            }
+        let differences = match self.nft.list_table(&self.ctx.table)? {
+            None => vec![Difference::Other(format!(
+                "table inet {} is missing",
+                self.ctx.table
+            ))],
+            Some(listing) => self.table.differences(
+                &self.ctx,
+                &TableListing::from_json(&listing, Detail::Contents),
+                &self.tolerated,
+            ),
         };
-        if mismatches.is_empty() {
+        if differences.is_empty() {
+            self.repairing.clear();
+            self.repair_written = false;
             return Ok(None);
         }
+        let unrepairable = self.repair_written
+            && differences
+                .iter()
+                .all(|d| matches!(d, Difference::Rule { .. }) && self.repairing.contains(d));
+        self.repair_written = false;
+        if unrepairable {
+            for d in &differences {
+                if let Difference::Rule {
+                    written, listed, ..
+                } = d
+                {
+                    tracing::warn!(table = %self.ctx.table, difference = %d, "a rule still differs after the table was rewritten; accepting this form from now on");
+                    self.tolerated.insert((written.clone(), listed.clone()));
+                }
+            }
+            self.repairing.clear();
+            return Ok(None);
+        }
+        self.repairing = differences.iter().cloned().collect();
         self.needs_full = true;
-        let shown: Vec<&String> = mismatches.iter().take(5).collect();
-        let more = mismatches.len().saturating_sub(shown.len());
-        let mut why = shown
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join("; ");
+        let shown: Vec<String> = differences.iter().take(5).map(|d| d.to_string()).collect();
+        let more = differences.len().saturating_sub(shown.len());
+        let mut why = shown.join("; ");
         if more > 0 {
             why.push_str(&format!("; and {more} more"));
         }
@@ -459,19 +566,30 @@ mod tests {
     use serde_json::json;
     use std::path::PathBuf;
 
+    /// An "nft" that appends each script it gets to `log` and fails when `fail` exists;
+    /// listings say the table does not exist.
+    fn fake_nft(log: &std::path::Path, fail: &std::path::Path) -> NftCommand {
+        NftCommand {
+            program: "sh".into(),
+            args: vec![
+                "-c".into(),
+                format!(
+                    "if [ \"$1\" = -j ]; then echo 'Error: No such file or directory' >&2; exit 1; fi; \
+                     cat >> {log}; echo '#end' >> {log}; test ! -e {fail}",
+                    log = log.display(),
+                    fail = fail.display()
+                ),
+                "nft".into(),
+            ],
+        }
+    }
+
     /// An engine whose "nft" appends each script it gets to a file.
     fn recording_engine(dir: &std::path::Path) -> (Engine, PathBuf) {
         let log = dir.join("scripts");
         let config = ProxyConfig {
             node_name: "n1".into(),
-            nft: NftCommand {
-                program: "sh".into(),
-                args: vec![
-                    "-c".into(),
-                    format!("cat >> {}; echo '#end' >> {}", log.display(), log.display()),
-                    "nft".into(),
-                ],
-            },
+            nft: fake_nft(&log, &dir.join("fail")),
             conntrack: ConntrackCleanup::Disabled,
             ..Default::default()
         };
@@ -532,7 +650,8 @@ mod tests {
         assert_eq!(e.sync().unwrap().kind, SyncKind::Incremental);
         let all = scripts(&log);
         assert_eq!(all.len(), 2, "{all:?}");
-        assert!(all[0].starts_with("add table inet kinit-proxy\ndelete table inet kinit-proxy\n"));
+        assert!(all[0].starts_with("add table inet kinit-proxy { comment"));
+        assert!(!all[0].contains("delete"));
         assert!(!all[1].contains("delete table"));
         assert!(all[1].contains("dnat ip to 10.244.0.2:8080"), "{}", all[1]);
         let _ = std::fs::remove_dir_all(dir);
@@ -580,13 +699,14 @@ mod tests {
     }
 
     #[test]
-    fn failed_transaction_forces_a_full_resync() {
+    fn failed_transaction_forces_a_full_resync_and_a_failed_rebuild_a_recreation() {
+        let dir = tempdir();
+        let log = dir.join("scripts");
+        let fail = dir.join("fail");
+        std::fs::write(&fail, "").unwrap();
         let config = ProxyConfig {
             node_name: "n1".into(),
-            nft: NftCommand {
-                program: "false".into(),
-                args: vec![],
-            },
+            nft: fake_nft(&log, &fail),
             conntrack: ConntrackCleanup::Disabled,
             ..Default::default()
         };
@@ -596,5 +716,18 @@ mod tests {
         assert!(err.contains("full resync"), "{err}");
         assert!(e.needs_full_resync());
         assert!(!e.is_programmed());
+        // The rebuild failed: the next full resync deletes and recreates the table.
+        std::fs::remove_file(&fail).unwrap();
+        let r = e.sync().unwrap();
+        assert_eq!(r.kind, SyncKind::Full);
+        assert!(r.table_recreated);
+        let all = scripts(&log);
+        assert!(!all[0].contains("delete table"), "{}", all[0]);
+        assert!(all[1].starts_with("add table inet kinit-proxy\ndelete table inet kinit-proxy\n"));
+        // Then rebuilds again.
+        e.request_full_resync();
+        assert!(!e.sync().unwrap().table_recreated);
+        assert!(!scripts(&log)[2].contains("delete table"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -10,8 +10,10 @@
 //! Layers, each usable alone:
 //! - [`model`]: Service + slices + node name → per-port plans (pure);
 //! - [`render`]: plans → nft chains, sets and map elements (pure);
-//! - [`table`]: the applied model, full and incremental scripts (pure);
+//! - [`table`]: the applied model, full (rebuild in place) and incremental scripts, and the
+//!   content comparison with the kernel's table (pure);
 //! - [`nft`]: running `nft -f -` and reading `nft -j list table`;
+//! - [`listing`]: nft's JSON listing in the forms the model is compared with;
 //! - [`conntrack`]: clearing stale UDP conntrack entries over netlink;
 //! - [`engine`]: caches + model + kernel operations (synchronous);
 //! - [`start`]: the watch loop for the node agent.
@@ -34,6 +36,7 @@ pub mod config;
 pub mod conntrack;
 pub mod engine;
 pub mod error;
+pub mod listing;
 pub mod model;
 pub mod names;
 pub mod nft;

@@ -22,10 +22,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-/// Label on EndpointSlices naming the Service they belong to.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// Label on Services handled by another proxy implementation; such Services are skipped.
-pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+pub use kinit_rules::{SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL};
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10_800;
 /// Largest affinity timeout the API accepts (1 day).
@@ -349,13 +346,13 @@ pub fn plan_service(
     };
     let spec = service.spec.clone().unwrap_or_default();
     let service_type = spec.type_.as_deref().unwrap_or("ClusterIP");
-    if service_type == "ExternalName" {
+    if kinit_rules::is_external_name(service) {
         return Err(NotProxied::ExternalName);
     }
-    let primary = spec.cluster_ip.as_deref().unwrap_or("");
-    if primary.is_empty() || primary == "None" {
+    if !kinit_rules::has_cluster_ip(service) {
         return Err(NotProxied::Headless);
     }
+    let primary = spec.cluster_ip.as_deref().unwrap_or("");
     let mut cluster_ips: Vec<IpAddr> = Vec::new();
     let listed = spec.cluster_ips.clone().unwrap_or_default();
     let candidates = if listed.is_empty() {
@@ -526,15 +523,12 @@ fn candidates_for(
                 if Family::of(&ip) != family {
                     continue;
                 }
-                let conditions = endpoint.conditions.clone().unwrap_or_default();
-                // Unset ready/serving mean true; unset terminating means false.
-                let ready = conditions.ready.unwrap_or(true);
                 let candidate = Candidate {
                     addr: EndpointAddr { ip, port: number },
                     local: endpoint.node_name.as_deref() == Some(node_name),
-                    ready,
-                    serving: conditions.serving.unwrap_or(ready),
-                    terminating: conditions.terminating.unwrap_or(false),
+                    ready: kinit_rules::endpoint_ready(endpoint),
+                    serving: kinit_rules::endpoint_serving(endpoint),
+                    terminating: kinit_rules::endpoint_terminating(endpoint),
                 };
                 match found.get(&candidate.addr) {
                     Some(existing) if existing.local || !candidate.local => {}
@@ -701,6 +695,23 @@ mod tests {
         let s = web_slice(json!([{"addresses": ["10.244.1.9"]}]));
         let plans = plan_service(&svc, &[&s], "n1").unwrap();
         assert_eq!(plans[0].cluster_endpoints, vec![addr("10.244.1.9:8080")]);
+    }
+
+    #[test]
+    fn unset_serving_follows_ready_for_the_terminating_fallback() {
+        let svc = web(json!({}));
+        let s = web_slice(json!([
+            {"addresses": ["10.244.1.6"], "conditions": {"ready": false, "terminating": true}},
+            {"addresses": ["10.244.1.7"], "conditions": {"terminating": true}},
+        ]));
+        let plans = plan_service(&svc, &[&s], "n1").unwrap();
+        // 10.244.1.7 is ready (unset), so there is no fallback; 10.244.1.6 is not serving.
+        assert_eq!(plans[0].cluster_endpoints, vec![addr("10.244.1.7:8080")]);
+        let s = web_slice(json!([
+            {"addresses": ["10.244.1.6"], "conditions": {"ready": false, "terminating": true}},
+        ]));
+        let plans = plan_service(&svc, &[&s], "n1").unwrap();
+        assert!(!plans[0].has_endpoints);
     }
 
     #[test]

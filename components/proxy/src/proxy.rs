@@ -1,7 +1,9 @@
 //! The running proxy: Service and EndpointSlice watchers feed the [`Engine`]; changes are
-//! batched (debounced) into one transaction; the table is checked for tampering
-//! periodically and rewritten as a whole at start-up, periodically and after a tamper or a
-//! failed transaction. Nothing is written before both watchers have listed everything.
+//! batched (debounced) into one transaction; the table is checked for tampering (by
+//! content, see [`crate::table::TableModel::differences`]) periodically and rewritten as a
+//! whole in one transaction at start-up, periodically and after a tamper or a failed
+//! transaction, keeping session-affinity state. Nothing is written before both watchers have
+//! listed everything. Dropping the [`ProxyHandle`] stops it all; the table stays.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,7 +41,7 @@ pub struct ProxyStatus {
     pub last_error: Option<String>,
 }
 
-/// A running proxy.
+/// A running proxy. Dropping the handle stops it, like [`ProxyHandle::stop`].
 pub struct ProxyHandle {
     task: JoinHandle<()>,
     services: Store<Service>,
@@ -68,9 +70,19 @@ impl ProxyHandle {
             .unwrap_or_else(|e| e.into_inner().clone())
     }
 
-    /// Stops watching and syncing. The table stays in place (traffic keeps flowing while
-    /// the agent restarts); [`crate::delete_table`] removes it.
+    /// Stops watching and syncing (the same as dropping the handle). The table stays in
+    /// place (traffic keeps flowing while the agent restarts); [`crate::delete_table`]
+    /// removes it. An nft transaction already running completes; nothing is written after
+    /// it.
     pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for ProxyHandle {
+    /// Stops the proxy's task, so that a proxy started again (an agent restarting in
+    /// process) is the only one writing the table.
+    fn drop(&mut self) {
         let _ = self.stop.send(true);
         self.task.abort();
     }
@@ -252,7 +264,8 @@ impl Loop {
         match &result {
             Ok(r) if r.kind == SyncKind::Full => tracing::info!(
                 table = %self.config.table, services = r.services, lines = r.script_lines,
-                took_ms = r.duration.as_millis() as u64, "service proxy table written in full"),
+                took_ms = r.duration.as_millis() as u64, recreated = r.table_recreated,
+                "service proxy table written in full"),
             Ok(r) if r.kind == SyncKind::Incremental => tracing::debug!(
                 services = r.services,
                 lines = r.script_lines,

@@ -65,11 +65,13 @@ pub struct RenderContext {
 
 impl RenderContext {
     fn cidrs(&self, family: Family) -> Vec<String> {
-        self.cluster_cidrs
+        let of_family: Vec<IpNet> = self
+            .cluster_cidrs
             .iter()
             .filter(|n| Family::of(&n.addr()) == family)
-            .map(|n| n.trunc().to_string())
-            .collect()
+            .copied()
+            .collect();
+        interval_set(&of_family)
     }
 
     /// `ip saddr <cidrs>` (or `!=`) for `family`, `None` when no CIDR of that family is known.
@@ -424,6 +426,15 @@ pub fn is_skeleton_chain(name: &str) -> bool {
         .contains(&name)
 }
 
+/// Prefixes for an anonymous interval set: overlapping and adjacent ones merged (older nft
+/// versions reject overlapping intervals in a set), sorted.
+fn interval_set(nets: &[IpNet]) -> Vec<String> {
+    IpNet::aggregate(&nets.to_vec())
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
 fn ip_key(ip: &std::net::IpAddr, plan: &ServicePortPlan, port: u16) -> String {
     format!("{ip} . {} . {port}", plan.name.protocol.nft())
 }
@@ -519,11 +530,7 @@ fn render_plan(ctx: &RenderContext, plan: &ServicePortPlan, out: &mut ServiceRul
         }
     }
     if !plan.load_balancer_ips.is_empty() && !plan.load_balancer_source_ranges.is_empty() {
-        let ranges: Vec<String> = plan
-            .load_balancer_source_ranges
-            .iter()
-            .map(|n| n.trunc().to_string())
-            .collect();
+        let ranges = interval_set(&plan.load_balancer_source_ranges);
         out.chain(&names.firewall)
             .push(format!("{ipx} saddr != {{ {} }} drop", ranges.join(", ")));
         for ip in &plan.load_balancer_ips {
@@ -995,6 +1002,36 @@ mod tests {
                 "198.51.100.1 . tcp . 80"
             ),
             Some(format!("goto {}", n.external))
+        );
+    }
+
+    #[test]
+    fn overlapping_source_ranges_and_cidrs_are_merged() {
+        let mut s = svc(json!({"type": "LoadBalancer",
+            "ports": [{"name": "http", "port": 80, "nodePort": 31000}],
+            "loadBalancerSourceRanges": ["192.0.2.0/25", "198.51.100.7/24", "192.0.2.128/25",
+                                         "192.0.2.64/26"]}));
+        s.status =
+            serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}}))
+                .unwrap();
+        let sl = slice("IPv4", json!([ready("10.244.1.5", "n1")]));
+        let plans = plan_service(&s, &[&sl], "n1").unwrap();
+        let mut c = ctx();
+        c.cluster_cidrs.extend([
+            "10.244.3.0/24".parse::<IpNet>().unwrap(),
+            "10.245.0.0/16".parse().unwrap(),
+        ]);
+        let r = render_service(&c, &plans);
+        let n = names(Family::V4);
+        assert_eq!(
+            r.chains[&n.firewall],
+            vec!["ip saddr != { 192.0.2.0/24, 198.51.100.0/24 } drop".to_string()]
+        );
+        assert!(
+            r.chains[&n.cluster][0]
+                .ends_with(" ip saddr != 10.244.0.0/15 jump mark-for-masquerade"),
+            "{:?}",
+            r.chains[&n.cluster]
         );
     }
 

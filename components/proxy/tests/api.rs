@@ -166,3 +166,92 @@ async fn services_and_slices_from_the_api_drive_the_table() {
     assert!(proxy.status().last_error.is_none(), "{:?}", proxy.status());
     proxy.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_handle_stops_the_proxy_and_keeps_the_table() {
+    if !prerequisites("dropping_the_handle_stops_the_proxy_and_keeps_the_table") {
+        return;
+    }
+    let lab = Lab::new(31);
+    let dir = std::env::temp_dir().join(format!("kpx31-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (slow, log) = (dir.join("slow"), dir.join("log"));
+    let ts = TestServer::start().await;
+    let admin = client(&ts.admin_kubeconfig()).await;
+    let node = client(&ts.kubeconfig_for("system:node:node-a", &["system:nodes"])).await;
+    let mut config = lab.config();
+    config.tamper_check_period = Duration::from_millis(200);
+    // nft in the lab's node namespace; the first listing after `slow` appears takes 2 s, so
+    // the handle can be dropped while the proxy waits for it.
+    config.nft = kinit_proxy::NftCommand {
+        program: "sh".into(),
+        args: vec![
+            "-c".into(),
+            format!(
+                "if [ \"$1\" = -j ] && rm {slow} 2>/dev/null; then echo listing >> {log}; sleep 2; fi; \
+                 exec ip netns exec {ns} nft \"$@\"",
+                slow = slow.display(),
+                log = log.display(),
+                ns = lab.node()
+            ),
+            "nft".into(),
+        ],
+    };
+    let proxy = kinit_proxy::start(node, config).await.unwrap();
+    wait_for("the first sync", 20, || proxy.synced().then_some(())).await;
+
+    let services: Api<Service> = Api::namespaced(admin.clone(), "default");
+    let create = |name: &str| {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"ports": [{"name": "http", "port": 80}]}
+        }))
+        .unwrap();
+        let services = services.clone();
+        async move {
+            let created = services.create(&PostParams::default(), &svc).await.unwrap();
+            created
+                .spec
+                .and_then(|s| s.cluster_ip)
+                .expect("cluster IP allocated")
+        }
+    };
+    let rejected = |vip: &str| {
+        lab.nft(&[
+            "list",
+            "map",
+            "inet",
+            "kinit-proxy",
+            "no-endpoint-services-v4",
+        ])
+        .contains(&format!("{vip} . tcp . 80"))
+    };
+    let masquerades = || {
+        lab.nft(&["list", "chain", "inet", "kinit-proxy", "masquerading"])
+            .contains("masquerade")
+    };
+    // Running: a new Service gets its element.
+    let before = create("before").await;
+    wait_for("the first Service to be programmed", 10, || {
+        rejected(&before).then_some(())
+    })
+    .await;
+
+    // The table is tampered with, and the handle dropped while the tamper check reads it.
+    std::fs::write(&slow, "").unwrap();
+    lab.nft(&["flush", "chain", "inet", "kinit-proxy", "masquerading"]);
+    wait_for("the tamper check to list the table", 10, || {
+        log.exists().then_some(())
+    })
+    .await;
+    drop(proxy);
+    // Stopped: neither the tampering nor a new Service changes the table any more...
+    let after = create("after").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!masquerades(), "a stopped proxy repaired the table");
+    assert!(!rejected(&after), "a stopped proxy programmed {after}");
+    // ...and the table stays, with what was programmed.
+    assert!(rejected(&before));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -578,12 +578,17 @@ fn every_feature_is_accepted_by_the_real_nft() {
         return;
     }
     let lab = Lab::new(11);
-    let mut e = engine(&lab);
+    // Several pod CIDRs and source ranges: nft lists such sets merged and sorted (adjacent
+    // 192.0.5.0/24 and 192.0.6.0/24 as one range), and the tamper check must still match.
+    let mut config = lab.config();
+    config.cluster_cidrs.push("10.250.0.0/16".parse().unwrap());
+    let mut e = Engine::new(&config).unwrap();
     let mut lb = web(
         json!({"type": "LoadBalancer", "clusterIPs": ["10.96.0.10", "fd00:96::10"],
         "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Local",
         "sessionAffinity": "ClientIP", "externalIPs": ["192.0.2.10", "2001:db8::10"],
-        "loadBalancerSourceRanges": ["192.0.2.0/24", "2001:db8::/32"],
+        "loadBalancerSourceRanges": ["192.0.6.0/24", "192.0.2.0/24", "192.0.5.0/24",
+                                     "2001:db8::/32", "2001:db8:1::/48"],
         "ports": [{"name": "http", "port": 80, "nodePort": 30080},
                   {"name": "sig", "port": 3868, "protocol": "SCTP", "nodePort": 30868},
                   {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053}]}),
@@ -632,7 +637,7 @@ fn every_feature_is_accepted_by_the_real_nft() {
     assert_eq!(e.sync().unwrap().kind, SyncKind::Incremental);
     assert_eq!(e.check_table().unwrap(), None);
     // The LB address from an allowed source range works from a pod... the pod (10.254.x)
-    // is outside 192.0.2.0/24, so the firewall drops it.
+    // is outside the allowed ranges, so the firewall drops it.
     let err = tcp_ask(
         &lab.ns("pa"),
         sa("198.51.100.10".parse().unwrap(), 80),
@@ -645,4 +650,324 @@ fn every_feature_is_accepted_by_the_real_nft() {
     );
     assert!(kinit_proxy::delete_table(&lab.config().nft, "kinit-proxy").unwrap());
     assert!(!kinit_proxy::delete_table(&lab.config().nft, "kinit-proxy").unwrap());
+}
+
+/// The session-affinity sets of the table and the client addresses they hold.
+fn affinity_members(lab: &Lab) -> std::collections::BTreeMap<String, Vec<String>> {
+    let listing: serde_json::Value =
+        serde_json::from_str(&lab.nft(&["-j", "list", "table", "inet", "kinit-proxy"])).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for item in listing["nftables"].as_array().unwrap() {
+        let Some(set) = item.get("set") else { continue };
+        let name = set["name"].as_str().unwrap();
+        if !name.starts_with("affinity-") {
+            continue;
+        }
+        let members = set
+            .get("elem")
+            .and_then(|e| e.as_array())
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                e.pointer("/elem/val")
+                    .unwrap_or(e)
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        out.insert(name.to_string(), members);
+    }
+    out
+}
+
+/// The name of the first chain starting with `prefix` and containing `part`.
+fn chain_named(lab: &Lab, prefix: &str, part: &str) -> String {
+    lab.nft(&["list", "chains", "inet"])
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("chain "))
+        .map(|c| c.trim_end_matches('{').trim().to_string())
+        .find(|c| c.starts_with(prefix) && c.contains(part))
+        .unwrap_or_else(|| panic!("no chain {prefix}*{part}*"))
+}
+
+#[test]
+fn session_affinity_survives_full_resyncs_and_tamper_repairs() {
+    if !prerequisites("session_affinity_survives_full_resyncs_and_tamper_repairs") {
+        return;
+    }
+    let lab = Lab::new(12);
+    let mut e = engine(&lab);
+    let sticky = web(json!({"sessionAffinity": "ClientIP",
+        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 300}}}));
+    e.upsert_service(sticky);
+    e.upsert_slice(ready_slice(
+        "web-1",
+        "web",
+        "IPv4",
+        &[("http", TCP_PORT, "TCP")],
+        &[(lab.ip4("pa"), "node-a"), (lab.ip4("pb"), "node-a")],
+    ));
+    assert_eq!(e.sync().unwrap().kind, SyncKind::Full);
+    let ask = || {
+        tcp_ask(&lab.ns("client"), sa(cluster_ip(), 80), SHORT)
+            .unwrap()
+            .pod
+    };
+    let first = ask();
+    let chosen_ip = lab.ip4(&first);
+    let client = lab.ip4("client").to_string();
+    let holds_client = |lab: &Lab| {
+        let sets = affinity_members(lab);
+        assert_eq!(sets.len(), 2, "{sets:?}");
+        sets.iter().any(|(name, members)| {
+            name.contains(&format!("__{chosen_ip}/")) && members.contains(&client)
+        })
+    };
+    assert!(holds_client(&lab));
+
+    // A full resync (hourly, or after a failed transaction) keeps the affinity state: the
+    // sets still hold the client before it connects again.
+    e.request_full_resync();
+    let r = e.sync().unwrap();
+    assert_eq!((r.kind, r.table_recreated), (SyncKind::Full, false));
+    assert!(holds_client(&lab), "{:?}", affinity_members(&lab));
+    for _ in 0..10 {
+        assert_eq!(ask(), first);
+    }
+    assert_eq!(e.check_table().unwrap(), None);
+
+    // The same for the full resync that repairs a tampered table.
+    let service_chain = chain_named(&lab, "service-", "default/web/");
+    lab.nft(&["flush", "chain", "inet", "kinit-proxy", &service_chain]);
+    assert!(e.check_table().unwrap().is_some());
+    assert_eq!(e.sync().unwrap().kind, SyncKind::Full);
+    assert!(holds_client(&lab), "{:?}", affinity_members(&lab));
+    for _ in 0..10 {
+        assert_eq!(ask(), first);
+    }
+    assert_eq!(e.check_table().unwrap(), None);
+
+    // Affinity switched off while a full resync is due: the sets go with it.
+    e.upsert_service(web(json!({})));
+    e.request_full_resync();
+    assert_eq!(e.sync().unwrap().kind, SyncKind::Full);
+    assert!(affinity_members(&lab).is_empty());
+    assert_eq!(e.check_table().unwrap(), None);
+    assert!(!ask().is_empty());
+}
+
+#[test]
+fn rules_and_elements_changed_in_place_are_repaired() {
+    if !prerequisites("rules_and_elements_changed_in_place_are_repaired") {
+        return;
+    }
+    let lab = Lab::new(13);
+    let mut e = engine(&lab);
+    e.upsert_service(web(json!({})));
+    e.upsert_slice(ready_slice(
+        "web-1",
+        "web",
+        "IPv4",
+        &[("http", TCP_PORT, "TCP")],
+        &[(lab.ip4("pa"), "node-a")],
+    ));
+    e.sync().unwrap();
+    let ask = || tcp_ask(&lab.ns("client"), sa(cluster_ip(), 80), SHORT).map(|a| a.pod);
+    assert_eq!(ask().unwrap(), "pa");
+
+    // Someone rewrites the endpoint's DNAT rule to send traffic elsewhere: the chain keeps
+    // its number of rules.
+    let chain = chain_named(&lab, "endpoint-", &format!("__{}/8080", lab.ip4("pa")));
+    let listing = lab.nft(&["-a", "list", "chain", "inet", "kinit-proxy", &chain]);
+    let handle = listing
+        .lines()
+        .find(|l| l.contains("dnat ip to"))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .map(|h| h.trim().to_string())
+        .expect("the DNAT rule's handle");
+    let rogue = format!("meta l4proto tcp dnat ip to {}:8080", lab.ip4("pb"));
+    let mut args = vec![
+        "replace",
+        "rule",
+        "inet",
+        "kinit-proxy",
+        &chain,
+        "handle",
+        &handle,
+    ];
+    args.extend(rogue.split(' '));
+    lab.nft(&args);
+    assert_eq!(ask().unwrap(), "pb", "the edit took effect");
+    let why = e.check_table().unwrap().expect("tamper detected");
+    assert!(why.contains(&chain) && why.contains("rule 2"), "{why}");
+    assert_eq!(e.sync().unwrap().kind, SyncKind::Full);
+    assert_eq!(ask().unwrap(), "pa");
+    assert_eq!(e.check_table().unwrap(), None);
+
+    // Someone deletes a rule of a shared chain and adds a different one: same count.
+    lab.nft(&[
+        "flush",
+        "chain",
+        "inet",
+        "kinit-proxy",
+        "mark-for-masquerade",
+    ]);
+    lab.nft(&[
+        "add",
+        "rule",
+        "inet",
+        "kinit-proxy",
+        "mark-for-masquerade",
+        "meta",
+        "mark",
+        "set",
+        "meta",
+        "mark",
+        "or",
+        "0x8000",
+    ]);
+    let why = e.check_table().unwrap().expect("tamper detected");
+    assert!(why.contains("mark-for-masquerade"), "{why}");
+    e.sync().unwrap();
+    assert_eq!(e.check_table().unwrap(), None);
+
+    // Someone points the cluster IP at the reject chain: the map keeps its element count.
+    lab.nft(&[
+        "delete",
+        "element",
+        "inet",
+        "kinit-proxy",
+        "service-ips-v4",
+        "{ 10.96.0.10 . tcp . 80 }",
+    ]);
+    lab.nft(&[
+        "add",
+        "element",
+        "inet",
+        "kinit-proxy",
+        "service-ips-v4",
+        "{ 10.96.0.10 . tcp . 80 : goto reject-chain }",
+    ]);
+    assert!(ask().is_err());
+    let why = e.check_table().unwrap().expect("tamper detected");
+    assert!(why.contains("service-ips-v4"), "{why}");
+    e.sync().unwrap();
+    assert_eq!(ask().unwrap(), "pa");
+    assert_eq!(e.check_table().unwrap(), None);
+
+    // Objects added and redeclared behind the proxy's back: a full resync rebuilds the
+    // table in place without them.
+    let t = "kinit-proxy";
+    lab.nft(&["add", "chain", "inet", t, "intruder"]);
+    lab.nft(&["add", "rule", "inet", t, "intruder", "drop"]);
+    lab.nft(&["add", "rule", "inet", t, "services", "jump", "intruder"]);
+    lab.nft(&[
+        "add",
+        "chain",
+        "inet",
+        t,
+        "intruder-base",
+        "{ type filter hook forward priority 0; policy drop; }",
+    ]);
+    lab.nft(&[
+        "add",
+        "set",
+        "inet",
+        t,
+        "intruder-set",
+        "{ type ipv4_addr; }",
+    ]);
+    lab.nft(&["chain", "inet", t, "filter-input", "{ policy drop; }"]);
+    lab.nft(&["flush", "chain", "inet", t, "nat-postrouting"]);
+    lab.nft(&["delete", "chain", "inet", t, "nat-postrouting"]);
+    lab.nft(&[
+        "add",
+        "chain",
+        "inet",
+        t,
+        "nat-postrouting",
+        "{ type nat hook postrouting priority 50; policy accept; }",
+    ]);
+    assert!(ask().is_err());
+    let why = e.check_table().unwrap().expect("tamper detected");
+    assert!(why.contains("unexpected chain intruder"), "{why}");
+    let r = e.sync().unwrap();
+    assert_eq!((r.kind, r.table_recreated), (SyncKind::Full, false));
+    assert_eq!(ask().unwrap(), "pa");
+    assert_eq!(
+        e.check_table().unwrap(),
+        None,
+        "the flushed intruder awaits deletion"
+    );
+    let listing = lab.nft(&["list", "table", "inet", t]);
+    assert!(
+        !listing.contains("intruder-base") && !listing.contains("intruder-set"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("type nat hook postrouting priority srcnat; policy accept;"),
+        "{listing}"
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(e.delete_stale_chains().unwrap(), 1);
+    assert!(!lab.nft(&["list", "table", "inet", t]).contains("intruder"));
+    assert_eq!(e.check_table().unwrap(), None);
+}
+
+#[test]
+fn a_rule_difference_that_survives_its_repair_is_accepted() {
+    if !prerequisites("a_rule_difference_that_survives_its_repair_is_accepted") {
+        return;
+    }
+    let lab = Lab::new(14);
+    let mut e = engine(&lab);
+    e.upsert_service(web(json!({})));
+    e.upsert_slice(ready_slice(
+        "web-1",
+        "web",
+        "IPv4",
+        &[("http", TCP_PORT, "TCP")],
+        &[(lab.ip4("pa"), "node-a")],
+    ));
+    e.sync().unwrap();
+    // Another program keeps putting a counter into the masquerade marking rule: the first
+    // time it is repaired, when it is back right after the repair it is accepted (rewriting
+    // again cannot remove it).
+    let edit = |lab: &Lab| {
+        lab.nft(&[
+            "flush",
+            "chain",
+            "inet",
+            "kinit-proxy",
+            "mark-for-masquerade",
+        ]);
+        lab.nft(&[
+            "add",
+            "rule",
+            "inet",
+            "kinit-proxy",
+            "mark-for-masquerade",
+            "counter",
+            "meta",
+            "mark",
+            "set",
+            "meta",
+            "mark",
+            "or",
+            "0x4000",
+        ]);
+    };
+    edit(&lab);
+    assert!(e.check_table().unwrap().is_some());
+    assert_eq!(e.sync().unwrap().kind, SyncKind::Full);
+    edit(&lab);
+    assert_eq!(e.check_table().unwrap(), None);
+    assert!(!e.needs_full_resync());
+    assert_eq!(e.check_table().unwrap(), None);
+    // Any other change is still repaired.
+    lab.nft(&["flush", "chain", "inet", "kinit-proxy", "masquerading"]);
+    assert!(e.check_table().unwrap().is_some());
+    e.sync().unwrap();
+    assert_eq!(e.check_table().unwrap(), None);
 }
