@@ -89,6 +89,9 @@ if [ -f /etc/cni/net.d/10-kinit.conflist ]; then
   b=$(sed -n 's/.*"bridge"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' /etc/cni/net.d/10-kinit.conflist | head -n1)
   [ -n "$b" ] && bridge=$b
 fi
+# Pod interfaces still on the bridge (a sandbox's namespace is torn down asynchronously by the
+# kernel, its veth can outlive `ip netns delete` for a moment): removed with their peers.
+for l in $(ls "/sys/class/net/$bridge/brif" 2>/dev/null); do act ip link delete "$l"; done
 [ -e "/sys/class/net/$bridge" ] && act ip link delete "$bridge"
 for l in $(ls /sys/class/net 2>/dev/null | grep '^{prefix}'); do act ip link delete "$l"; done
 # Routes to other nodes' pod ranges (host-gw) carry kinit's route protocol; in VXLAN mode pod

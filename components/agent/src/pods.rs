@@ -324,16 +324,7 @@ pub async fn sync_pod(
                     failure.delay.as_secs(),
                     failure.message
                 );
-                for c in all_containers(pod) {
-                    state.waiting.insert(
-                        c.name.clone(),
-                        ("ContainerCreating".into(), message.clone()),
-                    );
-                }
-                let mut status = compute_status(ctx, pod, &observed, state);
-                status.message = Some(message);
-                status.reason = Some("FailedCreatePodSandBox".into());
-                return Ok(status);
+                return Ok(sandbox_not_ready(ctx, pod, &observed, state, message));
             }
             let config = spec::sandbox_config(ctx.settings, pod, attempt);
             std::fs::create_dir_all(&config.log_directory).map_err(|e| {
@@ -357,16 +348,7 @@ pub async fn sync_pod(
                     ));
                     // Logged too: a static control-plane pod fails before any API can show it.
                     tracing::warn!(pod = %uid, name = ?pod.metadata.name, "{message}");
-                    for c in all_containers(pod) {
-                        state.waiting.insert(
-                            c.name.clone(),
-                            ("ContainerCreating".into(), message.clone()),
-                        );
-                    }
-                    let mut status = compute_status(ctx, pod, &observed, state);
-                    status.message = Some(message);
-                    status.reason = Some("FailedCreatePodSandBox".into());
-                    return Ok(status);
+                    return Ok(sandbox_not_ready(ctx, pod, &observed, state, message));
                 }
             }
         }
@@ -526,6 +508,27 @@ pub async fn sync_pod(
         .probes
         .retain(|id, _| observed.containers.iter().any(|c| &c.id == id));
     Ok(compute_status(ctx, pod, &observed, state))
+}
+
+/// The status of a pod whose sandbox does not exist (yet): every container waits in
+/// ContainerCreating with `message`, and the pod says FailedCreatePodSandBox, like the kubelet.
+fn sandbox_not_ready(
+    ctx: &SyncContext<'_>,
+    pod: &Pod,
+    observed: &Observed,
+    state: &mut PodState,
+    message: String,
+) -> PodStatus {
+    for c in all_containers(pod) {
+        state.waiting.insert(
+            c.name.clone(),
+            ("ContainerCreating".into(), message.clone()),
+        );
+    }
+    let mut status = compute_status(ctx, pod, observed, state);
+    status.message = Some(message);
+    status.reason = Some("FailedCreatePodSandBox".into());
+    status
 }
 
 fn all_containers(pod: &Pod) -> Vec<&Container> {

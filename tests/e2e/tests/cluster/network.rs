@@ -940,7 +940,7 @@ impl<'a> Net<'a> {
         assert!(text.contains("10.96.0.1"), "{text}");
     }
 
-    /// MB/s of a 256 MiB download by `from` (an admin box) from busybox httpd in `to` (an
+    /// MB/s of a 512 MiB download by `from` (an admin box) from busybox httpd in `to` (an
     /// admin box serving on `port`, started here when `start_server`), the median of three.
     async fn throughput(&self, from: &str, to: &str, port: u16, start_server: bool) -> f64 {
         let address = self.pod_ip(to);
@@ -952,7 +952,7 @@ impl<'a> Net<'a> {
         self.exec_ok(
             to,
             &format!(
-                "mkdir -p /www && dd if=/dev/zero of=/www/big bs=1048576 count=256 2>/dev/null{serve}"
+                "mkdir -p /www && dd if=/dev/zero of=/www/big bs=1048576 count=512 2>/dev/null{serve}"
             ),
         );
         let text = self.exec_ok(
@@ -968,7 +968,7 @@ impl<'a> Net<'a> {
             .collect();
         assert_eq!(seconds.len(), 3, "three timed downloads: {text:?}");
         seconds.sort_by(f64::total_cmp);
-        256.0 / seconds[1].max(0.01)
+        512.0 / seconds[1].max(0.01)
     }
 }
 
