@@ -219,20 +219,17 @@ pub struct RouteEntry {
     pub oif: Option<u32>,
 }
 
-fn route_entry(m: &RouteMessage) -> Option<RouteEntry> {
+/// A route message's destination, gateway and output interface (the default route's
+/// destination is the family's unspecified address /0).
+pub(crate) fn route_entry(m: &RouteMessage) -> Option<RouteEntry> {
     let v4 = m.header.address_family == rtnetlink::packet_route::AddressFamily::Inet;
-    let addr = |a: &RouteAddress| match a {
-        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
-        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
-        _ => None,
-    };
     let mut dst = None;
     let mut gw = None;
     let mut oif = None;
     for a in &m.attributes {
         match a {
-            RouteAttribute::Destination(d) => dst = addr(d),
-            RouteAttribute::Gateway(g) => gw = addr(g),
+            RouteAttribute::Destination(d) => dst = route_addr(d),
+            RouteAttribute::Gateway(g) => gw = route_addr(g),
             RouteAttribute::Oif(i) => oif = Some(*i),
             _ => {}
         }
@@ -244,6 +241,15 @@ fn route_entry(m: &RouteMessage) -> Option<RouteEntry> {
     });
     let dst = IpNet::new(dst, m.header.destination_prefix_length).ok()?;
     Some(RouteEntry { dst, gw, oif })
+}
+
+/// A netlink route address as an IP address.
+pub(crate) fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
+        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+        _ => None,
+    }
 }
 
 /// Routes of the main table for the family of `family_of`.

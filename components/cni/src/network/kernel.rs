@@ -13,9 +13,7 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol,
-};
+use rtnetlink::packet_route::route::{RouteAttribute, RouteFlags, RouteMessage, RouteProtocol};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVxlan, RouteMessageBuilder};
@@ -235,14 +233,6 @@ pub(super) struct Raw {
     fdb: HashMap<FdbEntry, NeighbourMessage>,
 }
 
-fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
-        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
-        _ => None,
-    }
-}
-
 fn neighbour_addr(a: &NeighbourAddress) -> Option<IpAddr> {
     match a {
         NeighbourAddress::Inet(v) => Some(IpAddr::V4(*v)),
@@ -401,35 +391,20 @@ pub(super) async fn current_state(
         }
     }
     for m in kinit_routes(h).await? {
-        let mut dst = None;
-        let mut via = None;
-        let mut oif = None;
-        for a in &m.attributes {
-            match a {
-                RouteAttribute::Destination(d) => dst = route_addr(d),
-                RouteAttribute::Gateway(g) => via = route_addr(g),
-                RouteAttribute::Oif(i) => oif = Some(*i),
-                _ => {}
-            }
-        }
-        let v4 = m.header.address_family == AddressFamily::Inet;
-        let unspecified = if v4 {
+        let Some(entry) = crate::netlink::route_entry(&m) else {
+            continue;
+        };
+        let unspecified = if entry.dst.addr().is_ipv4() {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         } else {
             IpAddr::V6(Ipv6Addr::UNSPECIFIED)
         };
-        let Ok(dst) = IpNet::new(
-            dst.unwrap_or(unspecified),
-            m.header.destination_prefix_length,
-        ) else {
-            continue;
-        };
         // A kinit-protocol route of another shape (no gateway, multipath) never matches a
         // planned one, so it is removed.
         let r = PlannedRoute {
-            dst,
-            via: via.unwrap_or(unspecified),
-            oif: oif.unwrap_or(0),
+            dst: entry.dst,
+            via: entry.gw.unwrap_or(unspecified),
+            oif: entry.oif.unwrap_or(0),
             onlink: m.header.flags.contains(RouteFlags::Onlink),
             table: route_table(&m),
         };
