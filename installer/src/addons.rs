@@ -216,6 +216,36 @@ async fn apply_object(
     Ok(action)
 }
 
+/// Deletes `objects` of an add-on, last first (the Deployment before the RBAC it runs with);
+/// returns one line per object. Objects that are already gone count as removed; with
+/// `dry_run` nothing is deleted and the lines say what would be.
+pub async fn delete_objects(
+    client: &kube::Client,
+    objects: &[AddonObject],
+    dry_run: bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for object in objects.iter().rev() {
+        let described = object.describe();
+        if dry_run {
+            out.push(format!("would delete {described}"));
+            continue;
+        }
+        let api = api_for(client, object);
+        out.push(
+            match api
+                .delete(&object.name, &kube::api::DeleteParams::background())
+                .await
+            {
+                Ok(_) => format!("deleted {described}"),
+                Err(kube::Error::Api(s)) if s.code == 404 => format!("{described} was gone"),
+                Err(e) => format!("kept {described}: {e}"),
+            },
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

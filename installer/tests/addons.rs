@@ -105,6 +105,28 @@ async fn dns_addon_is_applied_once_and_keeps_an_edited_corefile() {
         .annotations
         .unwrap();
     assert_eq!(template["kinit.io/binary-sha256"], "cd".repeat(32));
+
+    // Tearing the cluster down removes them (what kinit reset does for a whole cluster).
+    let listed = kinit::addons::delete_objects(&client, &objects, true).await;
+    assert!(
+        listed.iter().all(|l| l.starts_with("would delete")),
+        "{listed:?}"
+    );
+    assert!(deployments.get_opt("coredns").await.unwrap().is_some());
+    let removed = kinit::addons::delete_objects(&client, &objects, false).await;
+    assert_eq!(
+        removed.first().map(String::as_str),
+        Some("deleted Deployment kube-system/coredns")
+    );
+    assert!(
+        removed.iter().all(|l| l.starts_with("deleted")),
+        "{removed:?}"
+    );
+    let services: Api<Service> = Api::namespaced(client.clone(), "kube-system");
+    assert!(services.get_opt("kube-dns").await.unwrap().is_none());
+    assert!(configs.get_opt("coredns").await.unwrap().is_none());
+    let again = kinit::addons::delete_objects(&client, &objects, false).await;
+    assert!(again.iter().all(|l| l.ends_with("was gone")), "{again:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! `kinit reset`: leave hosts as they were before kinit, and remove their Nodes from the API.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -13,6 +13,7 @@ use kinit::output::{emit, OutputFormat};
 use kinit::phases::AGENT_UNIT;
 use kinit::reset::{reset, ResetReport};
 use kinit_executor::{run_on_all, Host};
+use kinit_inventory::{Inventory, Role};
 use kube::api::DeleteParams;
 use serde::Serialize;
 
@@ -56,6 +57,10 @@ struct HostResult {
     error: Option<String>,
     /// What happened to the host's Node object.
     node: String,
+    /// The add-on objects removed through the API (on the first control plane of a reset that
+    /// takes down every control plane of the inventory).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    addons: Vec<String>,
 }
 
 fn table(results: &Vec<HostResult>) -> String {
@@ -80,6 +85,9 @@ fn table(results: &Vec<HostResult>) -> String {
             (None, None) => {}
         }
         out.push_str(&format!("  node: {}\n", r.node));
+        for a in &r.addons {
+            out.push_str(&format!("  add-on: {a}\n"));
+        }
     }
     out.trim_end().to_string()
 }
@@ -122,6 +130,27 @@ async fn delete_node(kubeconfig: &Option<PathBuf>, name: &str, dry_run: bool) ->
     }
 }
 
+/// Deletes the add-on objects kinit creates for `inventory` (see [`kinit::addons`]).
+async fn remove_addons(kubeconfig: &Path, inventory: &Inventory, dry_run: bool) -> Vec<String> {
+    let rendered = match kinit::addons::rendered(
+        inventory,
+        &kinit_templates::ClusterRenderContext::default().images,
+        "",
+    ) {
+        Ok(r) => r,
+        Err(e) => return vec![format!("kept: {e}")],
+    };
+    let client = match client::from_kubeconfig(kubeconfig).await {
+        Ok(c) => c,
+        Err(e) => return vec![format!("kept (the API is not reachable: {e:#})")],
+    };
+    let mut out = Vec::new();
+    for (_, objects) in rendered {
+        out.extend(kinit::addons::delete_objects(&client, &objects, dry_run).await);
+    }
+    out
+}
+
 /// Runs `kinit reset`.
 pub fn run(args: ResetArgs) -> anyhow::Result<ExitCode> {
     let inventory = args.hosts.inventory()?;
@@ -142,7 +171,23 @@ pub fn run(args: ResetArgs) -> anyhow::Result<ExitCode> {
             (None, None) => s.host.name().to_string(),
         })
         .collect();
+    // Taking down every control plane of the inventory ends the cluster: the add-on objects
+    // kinit created go first, through the API (with an external datastore they would outlive
+    // the hosts).
+    let whole_cluster = inventory.as_ref().is_some_and(|inv| {
+        inv.spec
+            .hosts
+            .iter()
+            .filter(|h| h.has_role(Role::ControlPlane))
+            .all(|h| names.contains(&h.name))
+    });
     let results = client::block_on(async {
+        let addons_removed = match (&kubeconfig, &inventory) {
+            (Some(path), Some(inv)) if whole_cluster => {
+                remove_addons(path, inv, args.dry_run).await
+            }
+            _ => Vec::new(),
+        };
         let hosts: Vec<_> = selected.iter().zip(&node_names).collect();
         // First every Node, with its agent stopped (so it cannot register the Node again) but
         // all pods still running — on control planes they are the API; then the hosts.
@@ -163,24 +208,38 @@ pub fn run(args: ResetArgs) -> anyhow::Result<ExitCode> {
             reset(&s.host, args.dry_run)
         })
         .await;
+        let first_control_plane = selected.iter().position(|s| {
+            s.entry
+                .as_ref()
+                .is_some_and(|e| e.has_role(Role::ControlPlane))
+        });
+        let mut addons_removed = Some(addons_removed);
         Ok(selected
             .iter()
             .zip(reports)
             .zip(node_results)
-            .map(|((s, report), node_result)| {
+            .enumerate()
+            .map(|(i, ((s, report), node_result))| {
                 let host = s.host.name().to_string();
+                let addons = if Some(i) == first_control_plane {
+                    addons_removed.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
                 match report {
                     Ok(report) => HostResult {
                         report: Some(report),
                         host,
                         error: None,
                         node: node_result,
+                        addons,
                     },
                     Err(e) => HostResult {
                         report: None,
                         host,
                         error: Some(e.to_string()),
                         node: format!("{node_result}; the host reset failed"),
+                        addons,
                     },
                 }
             })
