@@ -42,6 +42,9 @@ fn settings(dir: &Path, node: &str) -> Settings {
         pod_manifest_path: dir.join("manifests"),
         node_status_update_frequency_seconds: 1,
         static_pod_rescan_seconds: 1,
+        // These tests run in the machine's own network namespace: no service proxy table
+        // there (the proxy has its own tests in private namespaces).
+        service_proxy: false,
         ..Default::default()
     };
     config

@@ -318,6 +318,9 @@ pub fn settings(dir: &Path, ctd: &Containerd) -> Settings {
         pod_manifest_path: dir.join("manifests"),
         container_runtime_endpoint: format!("unix://{}", ctd.socket.display()),
         node_status_update_frequency_seconds: 2,
+        // These tests run in the machine's own network namespace: no service proxy table
+        // there (the proxy has its own tests in private namespaces).
+        service_proxy: false,
         ..Default::default()
     };
     Settings {
