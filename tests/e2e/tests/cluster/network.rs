@@ -783,17 +783,38 @@ impl<'a> Net<'a> {
         throughput
     }
 
+    /// The cluster DNS pods (`k8s-app=kube-dns` in kube-system).
+    fn dns_pods(&self) -> Vec<Value> {
+        let list =
+            self.kubectl
+                .json(&["-n", "kube-system", "get", "pods", "-l", "k8s-app=kube-dns"]);
+        list["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Writes `corefile` into the `coredns` ConfigMap.
+    fn set_corefile(&self, corefile: &str) {
+        let patch = serde_json::json!({"data": {"Corefile": corefile}}).to_string();
+        self.kubectl.ok(&[
+            "-n",
+            "kube-system",
+            "patch",
+            "configmap",
+            "coredns",
+            "--type=merge",
+            "-p",
+            &patch,
+        ]);
+    }
+
     /// Checks that do not depend on the pod-network mode.
     async fn check_once(&self) {
         println!("--- an edit of the coredns ConfigMap takes effect without a restart");
-        let before: BTreeSet<String> =
-            self.kubectl
-                .json(&["-n", "kube-system", "get", "pods", "-l", "k8s-app=kube-dns"])["items"]
-                .as_array()
-                .unwrap()
-                .iter()
+        let uids = |pods: Vec<Value>| -> BTreeSet<String> {
+            pods.iter()
                 .map(|p| p["metadata"]["uid"].as_str().unwrap().to_string())
-                .collect();
+                .collect()
+        };
+        let before = uids(self.dns_pods());
         let config = self
             .kubectl
             .json(&["-n", "kube-system", "get", "configmap", "coredns"]);
@@ -806,17 +827,7 @@ impl<'a> Net<'a> {
             "forward . /etc/resolv.conf",
             &format!("forward . {}:5353", kinit_lab::GATEWAY),
         );
-        let patch = serde_json::json!({"data": {"Corefile": edited}}).to_string();
-        self.kubectl.ok(&[
-            "-n",
-            "kube-system",
-            "patch",
-            "configmap",
-            "coredns",
-            "--type=merge",
-            "-p",
-            &patch,
-        ]);
+        self.set_corefile(&edited);
         let started = Instant::now();
         eventually(
             "the edited upstream answers",
@@ -833,27 +844,10 @@ impl<'a> Net<'a> {
             "the Corefile edit answered after {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        let after: BTreeSet<String> =
-            self.kubectl
-                .json(&["-n", "kube-system", "get", "pods", "-l", "k8s-app=kube-dns"])["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p["metadata"]["uid"].as_str().unwrap().to_string())
-                .collect();
+        let after = uids(self.dns_pods());
         assert_eq!(before, after, "no DNS pod was restarted for the edit");
         // Put back (the rest of the test does not wait for it).
-        let restore = serde_json::json!({"data": {"Corefile": corefile}}).to_string();
-        self.kubectl.ok(&[
-            "-n",
-            "kube-system",
-            "patch",
-            "configmap",
-            "coredns",
-            "--type=merge",
-            "-p",
-            &restore,
-        ]);
+        self.set_corefile(&corefile);
 
         println!("--- the DNS metrics listener wants a token allowed to get /metrics");
         self.kubectl.apply(METRICS_RBAC);
@@ -867,13 +861,10 @@ impl<'a> Net<'a> {
             .ok(&["create", "token", "bystander"])
             .trim()
             .to_string();
-        let dns_pod =
-            self.kubectl
-                .json(&["-n", "kube-system", "get", "pods", "-l", "k8s-app=kube-dns"])["items"][0]
-                ["status"]["podIP"]
-                .as_str()
-                .unwrap()
-                .to_string();
+        let dns_pod = self.dns_pods()[0]["status"]["podIP"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let scrape = |header: String| {
             format!(
                 "curl -sk --max-time 5 -o /tmp/metrics.txt -w '%{{http_code}}' {header} https://{dns_pod}:9153/metrics; echo; grep -c '^coredns_dns_requests_total' /tmp/metrics.txt || true"
