@@ -1,0 +1,1 @@
+//! Kubernetes protobuf bodies to Kubernetes JSON (work in progress).
