@@ -374,6 +374,26 @@ pub fn leaf_paths(fields: &Value) -> Vec<Vec<String>> {
     out
 }
 
+/// Paths of the list items a `fieldsV1` set owns as a whole (`k:`/`v:` entries marked `.`).
+fn item_paths(fields: &Value) -> Vec<Vec<String>> {
+    fn walk(v: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        let Value::Object(m) = v else { return };
+        if m.contains_key(".") && !prefix.is_empty() {
+            out.push(prefix.clone());
+        }
+        for (k, x) in m {
+            if k != "." {
+                prefix.push(k.clone());
+                walk(x, prefix, out);
+                prefix.pop();
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(fields, &mut Vec::new(), &mut out);
+    out
+}
+
 /// Resolves one fieldsV1 path in an object: the value it names, if present.
 pub fn resolve_path<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
     let mut cur = obj;
@@ -543,26 +563,40 @@ pub fn server_side_apply(
 
     // Start from live and drop what this manager applied before but no longer applies.
     let mut object = live_obj.clone();
-    let previous = managed
+    // A list item the manager no longer applies goes as a whole (its key fields included), so
+    // items count as owned paths beside the leaves; shorter paths go first and what lies inside
+    // an item already removed is skipped.
+    let owned_paths = |fields: &Value| {
+        let mut paths = leaf_paths(fields);
+        paths.extend(item_paths(fields));
+        paths
+    };
+    let mut previous = managed
         .iter()
         .find(|e| {
             e.get("manager").and_then(Value::as_str) == Some(manager)
                 && e.get("operation").and_then(Value::as_str) == Some("Apply")
         })
         .and_then(|e| e.get("fieldsV1"))
-        .map(leaf_paths)
+        .map(owned_paths)
         .unwrap_or_default();
+    previous.sort_by_key(Vec::len);
+    let applied_now = owned_paths(&new_fields);
+    let owned_by_others: Vec<Vec<String>> = managed
+        .iter()
+        .filter(|e| e.get("manager").and_then(Value::as_str) != Some(manager))
+        .flat_map(|e| owned_paths(e.get("fieldsV1").unwrap_or(&empty)))
+        .collect();
+    let mut removed: Vec<Vec<String>> = Vec::new();
     for p in previous {
-        if new_paths.contains(&p) {
+        if applied_now.contains(&p)
+            || owned_by_others.contains(&p)
+            || removed.iter().any(|r| p.starts_with(r))
+        {
             continue;
         }
-        let owned_by_other = managed.iter().any(|e| {
-            e.get("manager").and_then(Value::as_str) != Some(manager)
-                && leaf_paths(e.get("fieldsV1").unwrap_or(&empty)).contains(&p)
-        });
-        if !owned_by_other {
-            remove_path(&mut object, &p);
-        }
+        remove_path(&mut object, &p);
+        removed.push(p);
     }
     let mut object = strategic_merge(&object, applied).map_err(|e| {
         vec![ApplyConflict {
@@ -817,5 +851,39 @@ mod tests {
         let forced = server_side_apply(Some(&live), &bob, "bob", true, "v1", "t").unwrap();
         assert_eq!(forced.object["data"]["k"], "other");
         assert_eq!(forced.managed_fields.len(), 2);
+    }
+
+    #[test]
+    fn apply_removes_a_dropped_list_item_whole() {
+        let deployment = |env: Value| {
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                "spec": {"template": {"spec": {"containers": [
+                    {"name": "app", "image": "i", "env": env}]}}}})
+        };
+        let first =
+            deployment(json!([{"name": "MODE", "value": "a"}, {"name": "KEEP", "value": "k"}]));
+        let a = server_side_apply(None, &first, "owner", false, "apps/v1", "t").unwrap();
+        let mut live = a.object.clone();
+        live["metadata"]["managedFields"] = json!(a.managed_fields);
+        let second = deployment(json!([{"name": "KEEP", "value": "k"}]));
+        let b = server_side_apply(Some(&live), &second, "owner", false, "apps/v1", "t").unwrap();
+        assert_eq!(
+            b.object["spec"]["template"]["spec"]["containers"][0]["env"],
+            json!([{"name": "KEEP", "value": "k"}])
+        );
+        // Dropping the whole list removes every item, key fields included.
+        let mut live = b.object.clone();
+        live["metadata"]["managedFields"] = json!(b.managed_fields);
+        let mut third = deployment(json!(null));
+        third["spec"]["template"]["spec"]["containers"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("env");
+        let c = server_side_apply(Some(&live), &third, "owner", false, "apps/v1", "t").unwrap();
+        let app = &c.object["spec"]["template"]["spec"]["containers"][0];
+        assert!(
+            app.get("env").is_none_or(|e| e == &json!([])),
+            "env left behind: {app}"
+        );
     }
 }
