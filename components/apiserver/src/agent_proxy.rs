@@ -39,7 +39,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::error::{ApiError, ApiServerError};
-use crate::subresources::{NodeProxy, NodeRequest};
+use crate::node_proxy::{NodeProxy, NodeRequest};
 
 mod remotecommand;
 mod spdy;
@@ -117,7 +117,7 @@ impl AgentProxy {
     /// An HTTP/1.1 connection to the agent at `endpoint` (mutual TLS), ready for one request.
     async fn connect(
         &self,
-        endpoint: &crate::subresources::NodeEndpoint,
+        endpoint: &crate::node_proxy::NodeEndpoint,
     ) -> Result<(SendRequest<Body>, String), ApiError> {
         let node = endpoint.node.as_str();
         let target = format!("{}:{}", endpoint.address, endpoint.port);
@@ -149,7 +149,7 @@ impl AgentProxy {
     /// does for its WebSocket clients.
     async fn spdy_upgrade(
         &self,
-        endpoint: &crate::subresources::NodeEndpoint,
+        endpoint: &crate::node_proxy::NodeEndpoint,
         path_and_query: &str,
         headers: &http::HeaderMap,
         protocols: &[String],
@@ -207,7 +207,7 @@ impl AgentProxy {
     /// upgrade to the agent, then the SPDY bytes carried in binary WebSocket messages.
     async fn tunnel_spdy(
         &self,
-        endpoint: &crate::subresources::NodeEndpoint,
+        endpoint: &crate::node_proxy::NodeEndpoint,
         path_and_query: &str,
         mut request: http::Request<Body>,
         protocols: Vec<String>,
@@ -244,7 +244,7 @@ impl AgentProxy {
     /// `v4.channel.k8s.io` to the agent (see [`remotecommand`]).
     async fn translate_remote_command(
         &self,
-        endpoint: &crate::subresources::NodeEndpoint,
+        endpoint: &crate::node_proxy::NodeEndpoint,
         path_and_query: &str,
         mut request: http::Request<Body>,
     ) -> Result<Response, ApiError> {

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::access::AuthorizationMode;
 use crate::error::ApiServerError;
+use crate::probes::{self, ComponentStatusConfig};
 use crate::server::{ApiServer, ApiServerConfig, TlsMaterial};
 
 /// Flags of `kinit apiserver`.
@@ -87,6 +88,13 @@ pub struct ApiServerArgs {
     /// logs/exec need all three --kubelet-* files (without them those requests get 503).
     #[arg(long)]
     pub kubelet_certificate_authority: Option<PathBuf>,
+    /// Healthz URL of the scheduler that `componentstatuses` probes (certificate not verified).
+    #[arg(long, default_value = "https://127.0.0.1:10259/healthz")]
+    pub component_status_scheduler_url: String,
+    /// Healthz URL of the controller manager that `componentstatuses` probes (certificate not
+    /// verified).
+    #[arg(long, default_value = "https://127.0.0.1:10257/healthz")]
+    pub component_status_controller_manager_url: String,
     /// Directory of the embedded store (one file, `store.redb`).
     #[arg(long, default_value = "/var/lib/kinit/apiserver")]
     pub data_dir: PathBuf,
@@ -189,11 +197,42 @@ impl ApiServerArgs {
             authorization_modes: self.authorization_mode.clone(),
             anonymous_auth: self.anonymous_auth,
             node_proxy: self.agent_proxy()?,
+            component_status: self.component_status()?,
+        })
+    }
+
+    /// What `componentstatuses` probes: the two component URLs and, with etcd, each server
+    /// (with the etcd CA and client certificate).
+    fn component_status(&self) -> Result<ComponentStatusConfig, ApiServerError> {
+        let etcd_tls = if self.etcd_servers.is_empty() {
+            None
+        } else {
+            let ca = match &self.etcd_cafile {
+                Some(p) => Some(read(p, "etcd CA", "etcd-cafile")?),
+                None => None,
+            };
+            let client = match (&self.etcd_certfile, &self.etcd_keyfile) {
+                (Some(c), Some(k)) => Some((
+                    read(c, "etcd client certificate", "etcd-certfile")?,
+                    read(k, "etcd client key", "etcd-keyfile")?,
+                )),
+                _ => None,
+            };
+            Some(probes::etcd_tls(
+                ca.as_deref(),
+                client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+            )?)
+        };
+        Ok(ComponentStatusConfig {
+            scheduler: self.component_status_scheduler_url.clone(),
+            controller_manager: self.component_status_controller_manager_url.clone(),
+            etcd_servers: self.etcd_servers.clone(),
+            etcd_tls,
         })
     }
 
     /// The proxy to node agents, when all three --kubelet-* files are given.
-    fn agent_proxy(&self) -> Result<Option<Arc<dyn crate::NodeProxy>>, ApiServerError> {
+    fn agent_proxy(&self) -> Result<Option<Arc<dyn crate::node_proxy::NodeProxy>>, ApiServerError> {
         match (
             &self.kubelet_client_certificate,
             &self.kubelet_client_key,

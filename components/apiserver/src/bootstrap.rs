@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::error::{ApiError, ApiServerError};
+use crate::error::{ApiError, ApiServerError, StatusReason};
 use crate::objects::{meta_str, now_string};
 use crate::registry::{self, ResourceDef};
-use crate::server::State;
+use crate::state::State;
 
 /// Namespaces created at start.
 pub const SYSTEM_NAMESPACES: [&str; 4] =
@@ -47,7 +47,7 @@ async fn create_if_missing(
     (def.default)(&mut obj);
     match state.objects.create(def, namespace, name, &obj).await {
         Ok(_) => Ok(()),
-        Err(e) if e.reason == "AlreadyExists" => Ok(()),
+        Err(e) if e.is(StatusReason::AlreadyExists) => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -133,11 +133,12 @@ async fn kubernetes_service(
         .is_none()
     {
         let ip = state.services.first_ip().to_string();
-        match state.services.reserve_ip(&ip, "default/kubernetes").await {
-            Ok(()) => {}
-            Err(e) if e.message.contains("already allocated") => {}
-            Err(e) => return Err(err(e)),
-        }
+        // Taken already: by this service, from an earlier start.
+        state
+            .services
+            .claim_ip(&ip, "default/kubernetes")
+            .await
+            .map_err(&err)?;
         let family = if ip.contains(':') { "IPv6" } else { "IPv4" };
         let mut obj = json!({
             "kind": "Service",
@@ -160,7 +161,7 @@ async fn kubernetes_service(
             .await
         {
             Ok(_) => {}
-            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(e) if e.is(StatusReason::AlreadyExists) => {}
             Err(e) => return Err(err(e)),
         }
     }
@@ -202,7 +203,7 @@ async fn upsert(
             obj["metadata"]["creationTimestamp"] = json!(now_string());
             match state.objects.create(def, namespace, name, &obj).await {
                 Ok(_) => Ok(()),
-                Err(e) if e.reason == "AlreadyExists" => Ok(()),
+                Err(e) if e.is(StatusReason::AlreadyExists) => Ok(()),
                 Err(e) => Err(e),
             }
         }

@@ -172,17 +172,89 @@ impl Cause {
     }
 }
 
+/// The machine-readable `reason` of a `Status` (Kubernetes' `metav1.StatusReason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusReason {
+    /// 400: the request is malformed.
+    BadRequest,
+    /// 401: no valid credentials.
+    Unauthorized,
+    /// 403: the caller may not do this.
+    Forbidden,
+    /// 404: the object or path does not exist.
+    NotFound,
+    /// 405: the verb is not served on the resource.
+    MethodNotAllowed,
+    /// 409: the object already exists.
+    AlreadyExists,
+    /// 409: a precondition or a concurrent write failed.
+    Conflict,
+    /// 410: the resourceVersion or continue token is too old.
+    Expired,
+    /// 413: the body is too large.
+    RequestEntityTooLarge,
+    /// 415: the body's media type is not accepted.
+    UnsupportedMediaType,
+    /// 422: the object fails validation.
+    Invalid,
+    /// 500: the server failed.
+    InternalError,
+    /// 503: a dependency is unavailable.
+    ServiceUnavailable,
+    /// 504: the request could not be served in time (e.g. a future resourceVersion).
+    Timeout,
+}
+
+impl StatusReason {
+    /// The reason as Kubernetes writes it in `Status.reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusReason::BadRequest => "BadRequest",
+            StatusReason::Unauthorized => "Unauthorized",
+            StatusReason::Forbidden => "Forbidden",
+            StatusReason::NotFound => "NotFound",
+            StatusReason::MethodNotAllowed => "MethodNotAllowed",
+            StatusReason::AlreadyExists => "AlreadyExists",
+            StatusReason::Conflict => "Conflict",
+            StatusReason::Expired => "Expired",
+            StatusReason::RequestEntityTooLarge => "RequestEntityTooLarge",
+            StatusReason::UnsupportedMediaType => "UnsupportedMediaType",
+            StatusReason::Invalid => "Invalid",
+            StatusReason::InternalError => "InternalError",
+            StatusReason::ServiceUnavailable => "ServiceUnavailable",
+            StatusReason::Timeout => "Timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for StatusReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lets callers and tests compare a reason with its wire spelling.
+impl PartialEq<&str> for StatusReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// An error answered as a Kubernetes `Status` object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     /// HTTP status code.
     pub code: u16,
-    /// Machine-readable reason (`NotFound`, `AlreadyExists`, `Conflict`, `Invalid`, ...).
-    pub reason: &'static str,
+    /// Machine-readable reason.
+    pub reason: StatusReason,
     /// Human message.
     pub message: String,
     /// `details` object (name, group, kind, causes), if any.
     pub details: Option<Value>,
+    /// Whether the error is a lost race of a compare-and-swap write (the store's revision
+    /// moved on, or a create met an object created meanwhile): reading again and retrying
+    /// can succeed. Preconditions the client set are never retryable.
+    pub write_race: bool,
 }
 
 fn details(group: &str, resource: &str, name: &str) -> Value {
@@ -203,23 +275,29 @@ pub fn qualified(group: &str, resource: &str) -> String {
 }
 
 impl ApiError {
-    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> ApiError {
+    fn new(code: u16, reason: StatusReason, message: impl Into<String>) -> ApiError {
         ApiError {
             code,
             reason,
             message: message.into(),
             details: None,
+            write_race: false,
         }
+    }
+
+    /// Whether the reason is `reason`.
+    pub fn is(&self, reason: StatusReason) -> bool {
+        self.reason == reason
     }
 
     /// 400 BadRequest.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(400, "BadRequest", message)
+        ApiError::new(400, StatusReason::BadRequest, message)
     }
 
     /// 401 Unauthorized.
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
-        ApiError::new(401, "Unauthorized", message)
+        ApiError::new(401, StatusReason::Unauthorized, message)
     }
 
     /// 403 Forbidden for a resource request.
@@ -229,7 +307,7 @@ impl ApiError {
         name: &str,
         message: impl Into<String>,
     ) -> ApiError {
-        let mut e = ApiError::new(403, "Forbidden", message);
+        let mut e = ApiError::new(403, StatusReason::Forbidden, message);
         e.details = Some(details(group, resource, name));
         e
     }
@@ -238,7 +316,7 @@ impl ApiError {
     pub fn not_found(group: &str, resource: &str, name: &str) -> ApiError {
         let mut e = ApiError::new(
             404,
-            "NotFound",
+            StatusReason::NotFound,
             format!("{} \"{name}\" not found", qualified(group, resource)),
         );
         e.details = Some(details(group, resource, name));
@@ -249,21 +327,21 @@ impl ApiError {
     pub fn path_not_found(path: &str) -> ApiError {
         ApiError::new(
             404,
-            "NotFound",
+            StatusReason::NotFound,
             format!("the server could not find the requested resource ({path})"),
         )
     }
 
     /// 405 MethodNotAllowed.
     pub fn method_not_allowed(message: impl Into<String>) -> ApiError {
-        ApiError::new(405, "MethodNotAllowed", message)
+        ApiError::new(405, StatusReason::MethodNotAllowed, message)
     }
 
     /// 409 AlreadyExists.
     pub fn already_exists(group: &str, resource: &str, name: &str) -> ApiError {
         let mut e = ApiError::new(
             409,
-            "AlreadyExists",
+            StatusReason::AlreadyExists,
             format!("{} \"{name}\" already exists", qualified(group, resource)),
         );
         e.details = Some(details(group, resource, name));
@@ -274,7 +352,7 @@ impl ApiError {
     pub fn conflict(group: &str, resource: &str, name: &str, why: &str) -> ApiError {
         let mut e = ApiError::new(
             409,
-            "Conflict",
+            StatusReason::Conflict,
             format!(
                 "Operation cannot be fulfilled on {} \"{name}\": {why}",
                 qualified(group, resource)
@@ -286,12 +364,12 @@ impl ApiError {
 
     /// 410 Expired (compacted resourceVersion or continue token).
     pub fn expired(message: impl Into<String>) -> ApiError {
-        ApiError::new(410, "Expired", message)
+        ApiError::new(410, StatusReason::Expired, message)
     }
 
     /// 415 UnsupportedMediaType.
     pub fn unsupported_media_type(message: impl Into<String>) -> ApiError {
-        ApiError::new(415, "UnsupportedMediaType", message)
+        ApiError::new(415, StatusReason::UnsupportedMediaType, message)
     }
 
     /// 422 Invalid with per-field causes.
@@ -304,7 +382,7 @@ impl ApiError {
         };
         let mut e = ApiError::new(
             422,
-            "Invalid",
+            StatusReason::Invalid,
             format!(
                 "{} \"{name}\" is invalid: {message}",
                 qualified(group, kind)
@@ -325,7 +403,7 @@ impl ApiError {
     pub fn unprocessable_patch(message: impl Into<String>) -> ApiError {
         ApiError::new(
             422,
-            "Invalid",
+            StatusReason::Invalid,
             format!(
                 "the server rejected our request due to an error in our request: {}",
                 message.into()
@@ -337,39 +415,45 @@ impl ApiError {
     pub fn new_request_too_large(message: impl Into<String>) -> ApiError {
         ApiError::new(
             413,
-            "RequestEntityTooLarge",
+            StatusReason::RequestEntityTooLarge,
             format!("the request body could not be read: {}", message.into()),
         )
     }
 
     /// 500 InternalError.
     pub fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new(500, "InternalError", message)
+        ApiError::new(500, StatusReason::InternalError, message)
     }
 
     /// 503 ServiceUnavailable.
     pub fn service_unavailable(message: impl Into<String>) -> ApiError {
-        ApiError::new(503, "ServiceUnavailable", message)
+        ApiError::new(503, StatusReason::ServiceUnavailable, message)
     }
 
     /// Translates a store error about `name` of `resource` (in `group`).
     pub fn from_store(err: StoreError, group: &str, resource: &str, name: &str) -> ApiError {
         match err {
-            StoreError::AlreadyExists { .. } => ApiError::already_exists(group, resource, name),
+            StoreError::AlreadyExists { .. } => ApiError {
+                write_race: true,
+                ..ApiError::already_exists(group, resource, name)
+            },
             StoreError::NotFound { .. } => ApiError::not_found(group, resource, name),
-            StoreError::Conflict { .. } => ApiError::conflict(
-                group,
-                resource,
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ),
+            StoreError::Conflict { .. } => ApiError {
+                write_race: true,
+                ..ApiError::conflict(
+                    group,
+                    resource,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                )
+            },
             StoreError::Compacted { requested, compacted } => ApiError::expired(format!(
                 "too old resource version: {requested} ({compacted})"
             )),
             StoreError::FutureRevision { requested, current } => {
                 let mut e = ApiError::new(
                     504,
-                    "Timeout",
+                    StatusReason::Timeout,
                     format!("Too large resource version: {requested}, current: {current}"),
                 );
                 e.details = Some(json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}));
@@ -387,7 +471,7 @@ impl ApiError {
             "metadata": {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
+            "reason": self.reason.as_str(),
             "code": self.code,
         });
         if let Some(d) = &self.details {

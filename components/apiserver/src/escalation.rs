@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::{qualified, ApiError};
-use crate::handlers::Ctx;
+use crate::state::Ctx;
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
@@ -73,72 +73,79 @@ fn not_held(missing: &[PolicyRule]) -> String {
     text
 }
 
-/// Refuses a write of a role or binding that would grant permissions the caller lacks.
+/// Refuses a write of a Role/ClusterRole that would grant permissions the caller lacks.
 /// `old` is the stored object on updates.
-pub async fn admit(ctx: &Ctx<'_>, new: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+pub async fn admit_role(ctx: &Ctx<'_>, new: &Value, old: Option<&Value>) -> Result<(), ApiError> {
     let def = ctx.target.def;
-    if def.group != RBAC_GROUP || ctx.user.in_group(GROUP_MASTERS) {
+    if ctx.user.in_group(GROUP_MASTERS) {
         return Ok(());
     }
     let namespace = ctx.target.namespace.as_str();
     let name = name_of(new);
-    match def.kind {
-        "Role" | "ClusterRole" => {
-            let rules: Vec<PolicyRule> = field(new, "rules")?;
-            let aggregation: Option<AggregationRule> = field(new, "aggregationRule")?;
-            if let Some(old) = old {
-                let old_rules: Vec<PolicyRule> = field(old, "rules")?;
-                let old_aggregation: Option<AggregationRule> = field(old, "aggregationRule")?;
-                if old_rules == rules && old_aggregation == aggregation {
-                    return Ok(());
-                }
-            }
-            if allowed(ctx, "escalate", def.resource, namespace, name).await {
-                return Ok(());
-            }
-            let held = ctx.state.access.rbac.policy_rules_for(ctx.user, namespace);
-            let missing = uncovered(&held, &rules);
-            if !missing.is_empty() {
-                return Err(escalation_error(ctx, name, not_held(&missing)));
-            }
-            if aggregation.is_some() && !uncovered(&held, &full_authority()).is_empty() {
-                return Err(escalation_error(
-                    ctx,
-                    name,
-                    "must have cluster-admin privileges to use the aggregationRule".into(),
-                ));
-            }
-            Ok(())
+    let rules: Vec<PolicyRule> = field(new, "rules")?;
+    let aggregation: Option<AggregationRule> = field(new, "aggregationRule")?;
+    if let Some(old) = old {
+        let old_rules: Vec<PolicyRule> = field(old, "rules")?;
+        let old_aggregation: Option<AggregationRule> = field(old, "aggregationRule")?;
+        if old_rules == rules && old_aggregation == aggregation {
+            return Ok(());
         }
-        "RoleBinding" | "ClusterRoleBinding" => {
-            let role_ref: RoleRef = field(new, "roleRef")?;
-            if let Some(old) = old {
-                if field::<RoleRef>(old, "roleRef")? == role_ref {
-                    return Ok(());
-                }
-            }
-            let role_resource = if role_ref.kind == "ClusterRole" {
-                "clusterroles"
-            } else {
-                "roles"
-            };
-            if allowed(ctx, "bind", role_resource, namespace, &role_ref.name).await {
-                return Ok(());
-            }
-            let rules = ctx
-                .state
-                .access
-                .rbac
-                .role_ref_rules(namespace, &role_ref)
-                .map_err(|_| ApiError::not_found(RBAC_GROUP, role_resource, &role_ref.name))?;
-            let held = ctx.state.access.rbac.policy_rules_for(ctx.user, namespace);
-            let missing = uncovered(&held, &rules);
-            if missing.is_empty() {
-                Ok(())
-            } else {
-                Err(escalation_error(ctx, name, not_held(&missing)))
-            }
+    }
+    if allowed(ctx, "escalate", def.resource, namespace, name).await {
+        return Ok(());
+    }
+    let held = ctx.state.access.rbac.policy_rules_for(ctx.user, namespace);
+    let missing = uncovered(&held, &rules);
+    if !missing.is_empty() {
+        return Err(escalation_error(ctx, name, not_held(&missing)));
+    }
+    if aggregation.is_some() && !uncovered(&held, &full_authority()).is_empty() {
+        return Err(escalation_error(
+            ctx,
+            name,
+            "must have cluster-admin privileges to use the aggregationRule".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a write of a RoleBinding/ClusterRoleBinding to a role with permissions the caller
+/// lacks (unless it may `bind` that role). `old` is the stored object on updates.
+pub async fn admit_binding(
+    ctx: &Ctx<'_>,
+    new: &Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    if ctx.user.in_group(GROUP_MASTERS) {
+        return Ok(());
+    }
+    let namespace = ctx.target.namespace.as_str();
+    let name = name_of(new);
+    let role_ref: RoleRef = field(new, "roleRef")?;
+    if let Some(old) = old {
+        if field::<RoleRef>(old, "roleRef")? == role_ref {
+            return Ok(());
         }
-        _ => Ok(()),
+    }
+    let role_resource = if role_ref.kind == "ClusterRole" {
+        "clusterroles"
+    } else {
+        "roles"
+    };
+    if allowed(ctx, "bind", role_resource, namespace, &role_ref.name).await {
+        return Ok(());
+    }
+    let rules = ctx
+        .state
+        .access
+        .rbac
+        .role_ref_rules(namespace, &role_ref)
+        .map_err(|_| ApiError::not_found(RBAC_GROUP, role_resource, &role_ref.name))?;
+    let held = ctx.state.access.rbac.policy_rules_for(ctx.user, namespace);
+    let missing = uncovered(&held, &rules);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(escalation_error(ctx, name, not_held(&missing)))
     }
 }

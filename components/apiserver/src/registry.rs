@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::Cause;
+use crate::kinds::{self, Admission, KindHooks, Lifecycle};
 use crate::tables::{self, Printer};
 use crate::validation as v;
 
@@ -37,6 +38,25 @@ pub enum Persistence {
     Stored,
     /// Computed per request and never stored (access reviews).
     Virtual,
+    /// Read-only, computed on every read (component statuses).
+    Computed,
+}
+
+/// The review a virtual resource answers (which identity and which question).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Review {
+    /// SubjectAccessReview: may the user in `spec` do this?
+    SubjectAccess,
+    /// SelfSubjectAccessReview: may I do this?
+    SelfSubjectAccess,
+    /// LocalSubjectAccessReview: SubjectAccessReview limited to the URL's namespace.
+    LocalSubjectAccess,
+    /// SelfSubjectRulesReview: what may I do in a namespace?
+    SelfSubjectRules,
+    /// SelfSubjectReview: who am I?
+    SelfSubject,
+    /// TokenReview: who does this token authenticate?
+    Token,
 }
 
 /// The typed schema check of one kind: the input round-tripped through its k8s-openapi type.
@@ -49,7 +69,7 @@ pub struct Normalized {
 }
 
 /// Everything the generic handlers know about one resource.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct ResourceDef {
     /// API group (`""` = core).
     pub group: &'static str,
@@ -91,6 +111,27 @@ pub struct ResourceDef {
     pub validate: fn(&Value) -> Vec<Cause>,
     /// Extra checks on update (immutable fields): `(new, old)`.
     pub validate_update: fn(&Value, &Value) -> Vec<Cause>,
+    /// Per-kind behaviour (create preparation, status defaults, delete policy).
+    pub hooks: &'static dyn KindHooks,
+    /// Admission plugins writes of the kind go through, in order.
+    pub admission: &'static [Admission],
+    /// Server-side work around storing objects of the kind.
+    pub lifecycle: &'static [Lifecycle],
+    /// The review a virtual resource answers.
+    pub review: Option<Review>,
+}
+
+impl std::fmt::Debug for ResourceDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResourceDef")
+            .field("group", &self.group)
+            .field("version", &self.version)
+            .field("resource", &self.resource)
+            .field("kind", &self.kind)
+            .field("namespaced", &self.namespaced)
+            .field("persistence", &self.persistence)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ResourceDef {
@@ -299,6 +340,10 @@ const BASE: ResourceDef = ResourceDef {
     default: v::no_defaults,
     validate: v::validate_subdomain_name,
     validate_update: v::no_update_checks,
+    hooks: &kinds::GENERIC,
+    admission: &[],
+    lifecycle: &[],
+    review: None,
 };
 
 const POD_FIELDS: &[&str] = &[
@@ -352,6 +397,8 @@ pub static RESOURCES: &[ResourceDef] = &[
         normalize: normalize::<core::Namespace>,
         default: v::default_namespace,
         validate: v::validate_namespace,
+        hooks: &kinds::NAMESPACE,
+        lifecycle: &[Lifecycle::DefaultServiceAccount],
         ..BASE
     },
     ResourceDef {
@@ -366,6 +413,8 @@ pub static RESOURCES: &[ResourceDef] = &[
         printer: &tables::NODE,
         normalize: normalize::<core::Node>,
         validate: v::validate_subdomain_name,
+        hooks: &kinds::WITH_STATUS,
+        admission: &[Admission::NodeRestrictionNode],
         ..BASE
     },
     ResourceDef {
@@ -434,6 +483,11 @@ pub static RESOURCES: &[ResourceDef] = &[
         default: v::default_pod,
         validate: v::validate_pod,
         validate_update: v::validate_pod_update,
+        hooks: &kinds::POD,
+        admission: &[
+            Admission::DefaultTolerationSeconds,
+            Admission::NodeRestrictionPodCreate,
+        ],
         ..BASE
     },
     ResourceDef {
@@ -451,6 +505,8 @@ pub static RESOURCES: &[ResourceDef] = &[
         default: v::default_service,
         validate: v::validate_service,
         validate_update: v::validate_service_update,
+        hooks: &kinds::SERVICE,
+        lifecycle: &[Lifecycle::ServiceAddresses],
         ..BASE
     },
     ResourceDef {
@@ -521,6 +577,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         has_status: true,
         reset_status_on_create: true,
         normalize: normalize::<core::PersistentVolumeClaim>,
+        hooks: &kinds::WITH_STATUS,
         ..BASE
     },
     ResourceDef {
@@ -533,6 +590,19 @@ pub static RESOURCES: &[ResourceDef] = &[
         has_status: true,
         reset_status_on_create: true,
         normalize: normalize::<core::PersistentVolume>,
+        hooks: &kinds::WITH_STATUS,
+        ..BASE
+    },
+    ResourceDef {
+        resource: "componentstatuses",
+        singular: "componentstatus",
+        kind: "ComponentStatus",
+        namespaced: false,
+        short_names: &["cs"],
+        verbs: &["get", "list"],
+        persistence: Persistence::Computed,
+        printer: &tables::COMPONENT_STATUS,
+        normalize: normalize::<core::ComponentStatus>,
         ..BASE
     },
     // ---- apps/v1 ----
@@ -552,6 +622,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         default: v::default_deployment,
         validate: v::validate_deployment,
         validate_update: v::validate_selector_immutable,
+        hooks: &kinds::WITH_STATUS,
         ..BASE
     },
     ResourceDef {
@@ -571,6 +642,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         default: v::default_replica_set,
         validate: v::validate_replica_set,
         validate_update: v::validate_selector_immutable,
+        hooks: &kinds::WITH_STATUS,
         ..BASE
     },
     ResourceDef {
@@ -589,6 +661,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         default: v::default_daemon_set,
         validate: v::validate_daemon_set,
         validate_update: v::validate_selector_immutable,
+        hooks: &kinds::WITH_STATUS,
         ..BASE
     },
     ResourceDef {
@@ -607,6 +680,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         default: v::default_stateful_set,
         validate: v::validate_stateful_set,
         validate_update: v::validate_selector_immutable,
+        hooks: &kinds::WITH_STATUS,
         ..BASE
     },
     ResourceDef {
@@ -635,6 +709,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         default: v::default_job,
         validate: v::validate_job,
         validate_update: v::validate_selector_immutable,
+        hooks: &kinds::JOB,
         ..BASE
     },
     ResourceDef {
@@ -652,6 +727,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         normalize: normalize::<batch::CronJob>,
         default: v::default_cron_job,
         validate: v::validate_cron_job,
+        hooks: &kinds::WITH_STATUS,
         ..BASE
     },
     // ---- networking.k8s.io/v1 ----
@@ -668,6 +744,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         printer: &tables::INGRESS,
         normalize: normalize::<net::Ingress>,
         validate: v::validate_ingress,
+        hooks: &kinds::WITH_STATUS,
         ..BASE
     },
     ResourceDef {
@@ -727,6 +804,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         reset_status_on_create: true,
         printer: &tables::POD_DISRUPTION_BUDGET,
         normalize: normalize::<policy::PodDisruptionBudget>,
+        hooks: &kinds::WITH_STATUS,
         ..BASE
     },
     // ---- rbac.authorization.k8s.io/v1 ----
@@ -739,6 +817,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         printer: &tables::ROLE,
         normalize: normalize::<rbac::ClusterRole>,
         validate: v::validate_role,
+        admission: &[Admission::RoleEscalation],
         ..BASE
     },
     ResourceDef {
@@ -751,6 +830,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         normalize: normalize::<rbac::ClusterRoleBinding>,
         validate: v::validate_role_binding,
         validate_update: v::validate_role_binding_update,
+        admission: &[Admission::BindingEscalation],
         ..BASE
     },
     ResourceDef {
@@ -761,6 +841,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         printer: &tables::ROLE,
         normalize: normalize::<rbac::Role>,
         validate: v::validate_role,
+        admission: &[Admission::RoleEscalation],
         ..BASE
     },
     ResourceDef {
@@ -772,6 +853,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         normalize: normalize::<rbac::RoleBinding>,
         validate: v::validate_role_binding,
         validate_update: v::validate_role_binding_update,
+        admission: &[Admission::BindingEscalation],
         ..BASE
     },
     // ---- certificates.k8s.io/v1 ----
@@ -798,6 +880,8 @@ pub static RESOURCES: &[ResourceDef] = &[
         printer: &tables::CSR,
         normalize: normalize::<certs::CertificateSigningRequest>,
         validate: v::validate_csr,
+        hooks: &kinds::WITH_STATUS,
+        admission: &[Admission::CertificateRequester],
         ..BASE
     },
     // ---- scheduling / storage ----
@@ -831,6 +915,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         namespaced: false,
         verbs: CREATE_ONLY,
         persistence: Persistence::Virtual,
+        review: Some(Review::SelfSubjectAccess),
         ..BASE
     },
     ResourceDef {
@@ -841,6 +926,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         namespaced: false,
         verbs: CREATE_ONLY,
         persistence: Persistence::Virtual,
+        review: Some(Review::SelfSubjectRules),
         ..BASE
     },
     ResourceDef {
@@ -851,6 +937,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         namespaced: false,
         verbs: CREATE_ONLY,
         persistence: Persistence::Virtual,
+        review: Some(Review::SubjectAccess),
         ..BASE
     },
     ResourceDef {
@@ -860,6 +947,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         kind: "LocalSubjectAccessReview",
         verbs: CREATE_ONLY,
         persistence: Persistence::Virtual,
+        review: Some(Review::LocalSubjectAccess),
         ..BASE
     },
     // ---- authentication.k8s.io/v1 (virtual) ----
@@ -871,6 +959,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         namespaced: false,
         verbs: CREATE_ONLY,
         persistence: Persistence::Virtual,
+        review: Some(Review::SelfSubject),
         ..BASE
     },
     ResourceDef {
@@ -881,6 +970,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         namespaced: false,
         verbs: CREATE_ONLY,
         persistence: Persistence::Virtual,
+        review: Some(Review::Token),
         ..BASE
     },
 ];

@@ -10,8 +10,10 @@ use kinit_auth::{Attributes, UserInfo};
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, Cause};
-use crate::handlers::{json_response, Ctx};
+use crate::registry::Review;
 use crate::request::decode_body;
+use crate::response::json_response;
+use crate::state::Ctx;
 
 fn s(v: &Value, ptr: &str) -> String {
     v.pointer(ptr)
@@ -88,9 +90,15 @@ pub async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response, ApiError> {
     let api_version = def.api_version();
     let spec = input.get("spec").cloned().unwrap_or_else(|| json!({}));
     let invalid = |c: Cause| ApiError::invalid(def.group, def.kind, "", vec![c]);
-    let out = match def.kind {
-        "SelfSubjectAccessReview" | "SubjectAccessReview" | "LocalSubjectAccessReview" => {
-            let user = if def.kind == "SelfSubjectAccessReview" {
+    let Some(review) = def.review else {
+        return Err(ApiError::method_not_allowed(format!(
+            "create is not supported on {}",
+            def.kind
+        )));
+    };
+    let out = match review {
+        Review::SelfSubjectAccess | Review::SubjectAccess | Review::LocalSubjectAccess => {
+            let user = if review == Review::SelfSubjectAccess {
                 ctx.user.clone()
             } else {
                 let name = s(&spec, "/user");
@@ -117,7 +125,7 @@ pub async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response, ApiError> {
                 }
             };
             let attrs = attributes_from_spec(user, &spec).map_err(invalid)?;
-            if def.kind == "LocalSubjectAccessReview" && attrs.namespace != ctx.target.namespace {
+            if review == Review::LocalSubjectAccess && attrs.namespace != ctx.target.namespace {
                 return Err(invalid(Cause::invalid(
                     "spec.resourceAttributes.namespace",
                     &attrs.namespace,
@@ -134,7 +142,7 @@ pub async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response, ApiError> {
             out["status"] = status;
             out
         }
-        "SelfSubjectRulesReview" => {
+        Review::SelfSubjectRules => {
             let namespace = s(&spec, "/namespace");
             let mut out = with_type_meta(input.clone(), def.kind, &api_version);
             if !ctx.state.access.uses_rbac() {
@@ -151,7 +159,7 @@ pub async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response, ApiError> {
             }
             out
         }
-        "SelfSubjectReview" => {
+        Review::SelfSubject => {
             let mut out = with_type_meta(input.clone(), def.kind, &api_version);
             let mut user = json!({"username": ctx.user.name, "groups": ctx.user.groups});
             if !ctx.user.uid.is_empty() {
@@ -163,7 +171,7 @@ pub async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response, ApiError> {
             out["status"] = json!({"userInfo": user});
             out
         }
-        "TokenReview" => {
+        Review::Token => {
             let token = s(&spec, "/token");
             if token.is_empty() {
                 return Err(invalid(Cause::required("spec.token")));
@@ -184,11 +192,6 @@ pub async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response, ApiError> {
                 Err(e) => json!({"authenticated": false, "error": e.message}),
             };
             out
-        }
-        other => {
-            return Err(ApiError::method_not_allowed(format!(
-                "create is not supported on {other}"
-            )))
         }
     };
     Ok(json_response(StatusCode::CREATED, &out))

@@ -51,9 +51,8 @@ fn valid_label_key(key: &str) -> bool {
             .chars()
             .last()
             .is_some_and(|c| c.is_ascii_alphanumeric());
-    let prefix_ok = prefix.is_none_or(|p| {
-        !p.is_empty() && p.len() <= 253 && crate::validation::is_dns1123_subdomain(p)
-    });
+    let prefix_ok = prefix
+        .is_none_or(|p| !p.is_empty() && p.len() <= 253 && crate::names::is_dns1123_subdomain(p));
     name_ok && prefix_ok
 }
 

@@ -22,16 +22,21 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::access::{self, Access, AuthorizationMode, StoreLookup};
+use crate::componentstatus;
 use crate::discovery;
-use crate::error::{ApiError, ApiServerError};
-use crate::handlers::{self, json_response, Ctx, ListParams, Part};
-use crate::objects::Objects;
+use crate::error::{qualified, ApiError, ApiServerError};
+use crate::handlers::{self, Part};
+use crate::node_proxy::NodeProxy;
+use crate::objects::{meta_str, Objects};
+use crate::paging::ListParams;
+use crate::probes::ComponentStatusConfig;
 use crate::registry::Persistence;
 use crate::request::{self, PathKind, Query, Target};
+use crate::response::json_response;
 use crate::reviews;
 use crate::services::ServiceAllocator;
-use crate::subresources::{self, NodeProxy};
-use crate::watch;
+use crate::state::{Ctx, State};
+use crate::subresources;
 
 /// PEM material for the serving side.
 #[derive(Clone)]
@@ -75,6 +80,8 @@ pub struct ApiServerConfig {
     pub anonymous_auth: bool,
     /// Forwarder of pod log/exec requests to node agents.
     pub node_proxy: Option<Arc<dyn NodeProxy>>,
+    /// What `componentstatuses` probes (scheduler, controller manager, etcd).
+    pub component_status: ComponentStatusConfig,
 }
 
 impl std::fmt::Debug for ApiServerConfig {
@@ -86,28 +93,9 @@ impl std::fmt::Debug for ApiServerConfig {
             .field("authorization_modes", &self.authorization_modes)
             .field("anonymous_auth", &self.anonymous_auth)
             .field("node_proxy", &self.node_proxy.is_some())
+            .field("component_status", &self.component_status)
             .finish_non_exhaustive()
     }
-}
-
-/// Shared state of a running server.
-pub struct State {
-    /// The store.
-    pub store: Arc<dyn Store>,
-    /// Store helpers.
-    pub objects: Objects,
-    /// Authentication and authorization.
-    pub access: Access,
-    /// Service IP/port allocation.
-    pub services: ServiceAllocator,
-    /// Issuer of service-account tokens.
-    pub token_issuer: Option<TokenIssuer>,
-    /// Audiences of issued tokens by default.
-    pub api_audiences: Vec<String>,
-    /// Node agent forwarder.
-    pub node_proxy: Option<Arc<dyn NodeProxy>>,
-    /// `https://host:port` this server advertises.
-    pub server_address: String,
 }
 
 /// The verified client certificate of a connection (leaf, DER).
@@ -247,12 +235,12 @@ impl ApiServer {
                 config.service_cluster_ip_range,
                 config.service_node_port_range,
             ),
-            store: store.clone(),
             access,
             token_issuer,
             api_audiences,
             node_proxy: config.node_proxy.clone(),
             server_address,
+            component_status: config.component_status.clone(),
         });
         crate::bootstrap::run(&state, config.advertise_address, config.advertise_port).await?;
         access::start_rbac_sync(store, state.access.rbac.clone())
@@ -473,7 +461,7 @@ async fn resource(
     if !verb_ok {
         return Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({verb} {})",
-            crate::error::qualified(def.group, def.resource)
+            qualified(def.group, def.resource)
         )));
     }
     let (parts, body) = request.into_parts();
@@ -494,7 +482,7 @@ async fn resource(
     };
     // Authorization attributes (namespace of a namespace object is its own name, like Kubernetes).
     let mut namespace = target.namespace.clone();
-    if def.group.is_empty() && def.resource == "namespaces" && !target.name.is_empty() {
+    if def.hooks.authorized_in_own_namespace() && !target.name.is_empty() {
         namespace = target.name.clone();
     }
     let mut name = target.name.clone();
@@ -504,7 +492,7 @@ async fn resource(
         && !body_bytes.is_empty()
     {
         if let Ok(v) = request::decode_body(&parts.headers, &body_bytes) {
-            name = crate::objects::meta_str(&v, "name").to_string();
+            name = meta_str(&v, "name").to_string();
         }
     }
     if (verb == "list" || verb == "watch") && name.is_empty() {
@@ -539,45 +527,17 @@ async fn resource(
         user: &user,
         warnings: Mutex::new(Vec::new()),
     };
-    if def.persistence == Persistence::Virtual {
-        return reviews::create(&ctx, &body_bytes).await;
+    match (def.persistence, verb) {
+        (Persistence::Virtual, _) => return reviews::create(&ctx, &body_bytes).await,
+        (Persistence::Computed, "get") => return componentstatus::get(&ctx).await,
+        (Persistence::Computed, _) => return componentstatus::list(&ctx).await,
+        (Persistence::Stored, _) => {}
     }
     let sub = target.subresource.as_str();
     match (sub, verb) {
         ("", "get") => handlers::get(&ctx).await,
         ("", "list") => handlers::list(&ctx).await,
-        ("", "watch") => {
-            let mut params = ListParams::parse(def, &query)?;
-            if !target.name.is_empty() {
-                // GET .../pods/NAME?watch=true: a watch pinned to one object.
-                params
-                    .fields
-                    .requirements
-                    .push(crate::selectors::FieldRequirement {
-                        field: "metadata.name".into(),
-                        value: target.name.clone(),
-                        negate: false,
-                    });
-            }
-            let timeout = query
-                .get("timeoutSeconds")
-                .and_then(|t| t.parse::<u64>().ok())
-                .filter(|t| *t > 0)
-                .map(Duration::from_secs)
-                .unwrap_or(Duration::from_secs(1800));
-            watch::watch(
-                state.clone(),
-                watch::WatchRequest {
-                    def,
-                    namespace: target.namespace.clone(),
-                    params,
-                    bookmarks: query.flag("allowWatchBookmarks"),
-                    timeout,
-                    output: handlers::output_kind(&parts.headers, &query),
-                },
-            )
-            .await
-        }
+        ("", "watch") => handlers::watch(&ctx).await,
         ("", "create") => {
             if !target.name.is_empty() {
                 return Err(ApiError::method_not_allowed(

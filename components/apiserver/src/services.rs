@@ -7,11 +7,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use kinit_store::{ListOptions, Store, StoreError};
+use kinit_store::{Store, StoreError};
 use rand::Rng;
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, Cause};
+use crate::objects::Objects;
 
 const IP_PREFIX: &str = "/registry/kinit/serviceips/";
 const PORT_PREFIX: &str = "/registry/kinit/servicenodeports/";
@@ -19,7 +20,7 @@ const PORT_PREFIX: &str = "/registry/kinit/servicenodeports/";
 /// Allocates service ClusterIPs and NodePorts.
 #[derive(Clone)]
 pub struct ServiceAllocator {
-    store: Arc<dyn Store>,
+    objects: Objects,
     range: IpNet,
     node_ports: (u16, u16),
 }
@@ -32,7 +33,7 @@ impl ServiceAllocator {
     /// An allocator over `range` (IPv4 or IPv6) and the NodePort range `node_ports` (inclusive).
     pub fn new(store: Arc<dyn Store>, range: IpNet, node_ports: (u16, u16)) -> Self {
         ServiceAllocator {
-            store,
+            objects: Objects { store },
             range: range.trunc(),
             node_ports,
         }
@@ -63,42 +64,38 @@ impl ServiceAllocator {
     }
 
     async fn used(&self, prefix: &str) -> Result<HashSet<String>, ApiError> {
-        let res = self
-            .store
-            .list(prefix, &ListOptions::default())
-            .await
-            .map_err(store_err)?;
-        Ok(res
-            .items
+        let keys = self.objects.keys(prefix).await.map_err(store_err)?;
+        Ok(keys
             .into_iter()
-            .map(|kv| kv.key[prefix.len()..].to_string())
+            .filter_map(|k| k.strip_prefix(prefix).map(String::from))
             .collect())
     }
 
     async fn claim(&self, key: String, owner: &str) -> Result<bool, ApiError> {
-        match self
-            .store
-            .create(
+        self.objects
+            .claim(
                 &key,
                 serde_json::to_vec(&json!({"owner": owner})).unwrap_or_default(),
             )
             .await
-        {
-            Ok(_) => Ok(true),
-            Err(StoreError::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(store_err(e)),
-        }
+            .map_err(store_err)
     }
 
     async fn release_key(&self, key: &str) -> Result<(), ApiError> {
-        match self.store.delete(key, None).await {
-            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(store_err(e)),
-        }
+        self.objects.release(key).await.map_err(store_err)
     }
 
     /// Reserves `ip` for `owner` (`namespace/name`); 422 when outside the range or taken.
     pub async fn reserve_ip(&self, ip: &str, owner: &str) -> Result<(), ApiError> {
+        if !self.claim_ip(ip, owner).await? {
+            return Err(invalid_ip(owner, ip, "provided IP is already allocated"));
+        }
+        Ok(())
+    }
+
+    /// Claims `ip` for `owner` when free: false when it is taken already, 422 when it is
+    /// outside the range.
+    pub async fn claim_ip(&self, ip: &str, owner: &str) -> Result<bool, ApiError> {
         let parsed: IpAddr = ip
             .parse()
             .map_err(|_| invalid_ip(owner, ip, "must be a valid IP address"))?;
@@ -115,10 +112,7 @@ impl ServiceAllocator {
                 ),
             ));
         }
-        if !self.claim(format!("{IP_PREFIX}{parsed}"), owner).await? {
-            return Err(invalid_ip(owner, ip, "provided IP is already allocated"));
-        }
-        Ok(())
+        self.claim(format!("{IP_PREFIX}{parsed}"), owner).await
     }
 
     /// Allocates a free ClusterIP for `owner`.

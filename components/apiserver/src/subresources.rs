@@ -1,7 +1,6 @@
 //! Subresources with their own shapes: `scale`, `pods/binding`, `pods/eviction`,
 //! `serviceaccounts/token`, and the node-proxied `pods/log|exec|attach|portforward`.
 
-use async_trait::async_trait;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
@@ -9,11 +8,15 @@ use http::StatusCode;
 use kinit_auth::{NodeWrite, TokenClaims};
 use serde_json::{json, Value};
 
+use crate::admission::node_forbidden;
 use crate::error::{ApiError, Cause};
-use crate::handlers::{self, json_response, Ctx, DeleteOptions};
+use crate::handlers::{apply_patch_body, delete_object, DeleteOptions};
+pub use crate::node_proxy::{node_endpoint, NodeEndpoint, NodeProxy, NodeRequest};
 use crate::objects::meta_str;
 use crate::registry;
 use crate::request::{content_type, decode_body};
+use crate::response::json_response;
+use crate::state::Ctx;
 
 // ---- scale ----
 
@@ -53,80 +56,72 @@ pub async fn scale(
 ) -> Result<Response, ApiError> {
     let def = ctx.target.def;
     let t = ctx.target;
-    for _attempt in 0..8 {
-        let (old, old_rev) = ctx
-            .state
-            .objects
-            .get_existing(def, &t.namespace, &t.name)
-            .await?;
-        let current = scale_of(&old);
-        if *method == http::Method::GET {
-            return Ok(json_response(StatusCode::OK, &current));
-        }
-        let requested = if *method == http::Method::PUT {
-            let s = decode_body(ctx.headers, body)?;
-            if let Some(rv) = s
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .filter(|r| !r.is_empty())
-            {
-                if rv != old_rev.to_string() {
-                    return Err(ApiError::conflict(def.group, def.resource, &t.name, "the object has been modified; please apply your changes to the latest version and try again"));
+    // Like Kubernetes, a PATCH is retried on a lost race; a PUT answers 409.
+    let retry = *method == http::Method::PATCH;
+    let scale = ctx
+        .state
+        .objects
+        .guaranteed_update(def, &t.namespace, &t.name, retry, |old, old_rev| async move {
+            let current = scale_of(&old);
+            if *method == http::Method::GET {
+                return Ok(current);
+            }
+            let requested = if *method == http::Method::PUT {
+                let s = decode_body(ctx.headers, body)?;
+                if let Some(rv) = s
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .filter(|r| !r.is_empty())
+                {
+                    if rv != old_rev.to_string() {
+                        return Err(ApiError::conflict(def.group, def.resource, &t.name, "the object has been modified; please apply your changes to the latest version and try again"));
+                    }
                 }
+                s
+            } else {
+                if content_type(ctx.headers) == "application/apply-patch+yaml" {
+                    return Err(ApiError::unsupported_media_type("server-side apply of the scale subresource is not supported; use a merge patch"));
+                }
+                apply_patch_body(ctx, &current, body)?.0
+            };
+            let replicas = requested
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            if replicas < 0 {
+                return Err(ApiError::invalid(
+                    "autoscaling",
+                    "Scale",
+                    &t.name,
+                    vec![Cause::invalid(
+                        "spec.replicas",
+                        replicas,
+                        "must be greater than or equal to 0",
+                    )],
+                ));
             }
-            s
-        } else {
-            if content_type(ctx.headers) == "application/apply-patch+yaml" {
-                return Err(ApiError::unsupported_media_type("server-side apply of the scale subresource is not supported; use a merge patch"));
+            let mut new = old.clone();
+            new["spec"]["replicas"] = json!(replicas);
+            if new == old {
+                return Ok(current);
             }
-            handlers::apply_patch_body(ctx, &current, body)?.0
-        };
-        let replicas = requested
-            .pointer("/spec/replicas")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-        if replicas < 0 {
-            return Err(ApiError::invalid(
-                "autoscaling",
-                "Scale",
-                &t.name,
-                vec![Cause::invalid(
-                    "spec.replicas",
-                    replicas,
-                    "must be greater than or equal to 0",
-                )],
-            ));
-        }
-        let mut new = old.clone();
-        new["spec"]["replicas"] = json!(replicas);
-        if new == old {
-            return Ok(json_response(StatusCode::OK, &current));
-        }
-        let g = old
-            .pointer("/metadata/generation")
-            .and_then(Value::as_i64)
-            .unwrap_or(1);
-        new["metadata"]["generation"] = json!(g + 1);
-        if ctx.query.dry_run()? {
-            return Ok(json_response(StatusCode::OK, &scale_of(&new)));
-        }
-        match ctx
-            .state
-            .objects
-            .update(def, &t.namespace, &t.name, &new, old_rev)
-            .await
-        {
-            Ok(stored) => return Ok(json_response(StatusCode::OK, &scale_of(&stored))),
-            Err(e) if e.reason == "Conflict" && *method == http::Method::PATCH => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(ApiError::conflict(
-        def.group,
-        def.resource,
-        &t.name,
-        "too many concurrent writes; try again",
-    ))
+            let g = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            new["metadata"]["generation"] = json!(g + 1);
+            if ctx.query.dry_run()? {
+                return Ok(scale_of(&new));
+            }
+            let stored = ctx
+                .state
+                .objects
+                .update(def, &t.namespace, &t.name, &new, old_rev)
+                .await?;
+            Ok(scale_of(&stored))
+        })
+        .await?;
+    Ok(json_response(StatusCode::OK, &scale))
 }
 
 fn success(code: u16) -> Value {
@@ -171,79 +166,68 @@ pub async fn binding(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response, ApiError> 
             vec![Cause::not_supported("target.kind", kind, &["Node"])],
         ));
     }
-    for _attempt in 0..8 {
-        let (old, old_rev) = ctx
-            .state
-            .objects
-            .get_existing(def, &t.namespace, &t.name)
-            .await?;
-        if let Some(uid) = b
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .filter(|u| !u.is_empty())
-        {
-            if uid != meta_str(&old, "uid") {
+    let b = &b;
+    ctx.state
+        .objects
+        .guaranteed_update(def, &t.namespace, &t.name, true, |old, old_rev| async move {
+            if let Some(uid) = b
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .filter(|u| !u.is_empty())
+            {
+                if uid != meta_str(&old, "uid") {
+                    return Err(ApiError::conflict(
+                        def.group,
+                        def.resource,
+                        &t.name,
+                        "the UID in the binding does not match the pod",
+                    ));
+                }
+            }
+            if old
+                .pointer("/metadata/deletionTimestamp")
+                .is_some_and(|v| !v.is_null())
+            {
                 return Err(ApiError::conflict(
                     def.group,
                     def.resource,
                     &t.name,
-                    "the UID in the binding does not match the pod",
+                    "pod is being deleted, cannot be assigned to a host",
                 ));
             }
-        }
-        if old
-            .pointer("/metadata/deletionTimestamp")
-            .is_some_and(|v| !v.is_null())
-        {
-            return Err(ApiError::conflict(
-                def.group,
-                def.resource,
-                &t.name,
-                "pod is being deleted, cannot be assigned to a host",
-            ));
-        }
-        let current = old
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if !current.is_empty() {
-            return Err(ApiError::conflict(
-                def.group,
-                def.resource,
-                &t.name,
-                &format!("pod {} is already assigned to node \"{current}\"", t.name),
-            ));
-        }
-        let mut new = old.clone();
-        new["spec"]["nodeName"] = json!(node);
-        let mut conditions: Vec<Value> = new
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
-        conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": crate::objects::now_string()}));
-        new["status"]["conditions"] = json!(conditions);
-        if ctx.query.dry_run()? {
-            return Ok(json_response(StatusCode::CREATED, &success(201)));
-        }
-        match ctx
-            .state
-            .objects
-            .update(def, &t.namespace, &t.name, &new, old_rev)
-            .await
-        {
-            Ok(_) => return Ok(json_response(StatusCode::CREATED, &success(201))),
-            Err(e) if e.reason == "Conflict" => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(ApiError::conflict(
-        def.group,
-        def.resource,
-        &t.name,
-        "too many concurrent writes; try again",
-    ))
+            let current = old
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if !current.is_empty() {
+                return Err(ApiError::conflict(
+                    def.group,
+                    def.resource,
+                    &t.name,
+                    &format!("pod {} is already assigned to node \"{current}\"", t.name),
+                ));
+            }
+            let mut new = old.clone();
+            new["spec"]["nodeName"] = json!(node);
+            let mut conditions: Vec<Value> = new
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+            conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": crate::objects::now_string()}));
+            new["status"]["conditions"] = json!(conditions);
+            if ctx.query.dry_run()? {
+                return Ok(());
+            }
+            ctx.state
+                .objects
+                .update(def, &t.namespace, &t.name, &new, old_rev)
+                .await
+                .map(|_| ())
+        })
+        .await?;
+    Ok(json_response(StatusCode::CREATED, &success(201)))
 }
 
 // ---- pods/eviction ----
@@ -262,7 +246,7 @@ pub async fn eviction(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response, ApiError>
         )));
     }
     let options = DeleteOptions::parse(e.get("deleteOptions"), ctx.query)?;
-    handlers::delete_object(ctx, &t.name, &options).await?;
+    delete_object(ctx, &t.name, &options).await?;
     Ok(json_response(StatusCode::CREATED, &success(201)))
 }
 
@@ -384,7 +368,7 @@ pub async fn token(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response, ApiError> {
                 },
             )
             .await
-            .map_err(|e| handlers::node_forbidden(ctx, e))?;
+            .map_err(|e| node_forbidden(ctx, e))?;
     }
     let (token, exp) = issuer.issue(&claims).map_err(|e| match e.http_status() {
         422 => ApiError::invalid(
@@ -409,63 +393,6 @@ pub async fn token(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response, ApiError> {
 }
 
 // ---- node proxy (logs, exec, attach, port-forward) ----
-
-/// Where a node's agent listens, from the Node object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeEndpoint {
-    /// Node name.
-    pub node: String,
-    /// Address (InternalIP, else ExternalIP, else Hostname).
-    pub address: String,
-    /// Agent port (`status.daemonEndpoints.kubeletEndpoint.Port`, default 10250).
-    pub port: u16,
-}
-
-/// A forwarded pod request: the agent path (`/containerLogs/<ns>/<pod>/<container>`,
-/// `/exec/<ns>/<pod>/<container>`, ...) plus the original request (upgrade headers included).
-pub struct NodeRequest {
-    /// Target agent.
-    pub endpoint: NodeEndpoint,
-    /// Path and query on the agent.
-    pub path_and_query: String,
-    /// The client's request.
-    pub request: http::Request<Body>,
-}
-
-/// Forwards pod log/exec/attach/port-forward requests to node agents. The agent component
-/// provides the implementation; without one the API server answers 503.
-#[async_trait]
-pub trait NodeProxy: Send + Sync {
-    /// Forwards the request and returns the agent's response (streaming or upgraded).
-    async fn forward(&self, request: NodeRequest) -> Result<Response, ApiError>;
-}
-
-/// The endpoint of `node` from its Node object.
-pub fn node_endpoint(node: &Value) -> Option<NodeEndpoint> {
-    let addresses = node
-        .pointer("/status/addresses")
-        .and_then(Value::as_array)?;
-    let pick = |t: &str| {
-        addresses
-            .iter()
-            .find(|a| a.get("type").and_then(Value::as_str) == Some(t))
-            .and_then(|a| a.get("address").and_then(Value::as_str))
-            .filter(|a| !a.is_empty())
-    };
-    let address = pick("InternalIP")
-        .or_else(|| pick("ExternalIP"))
-        .or_else(|| pick("Hostname"))?;
-    let port = node
-        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
-        .and_then(Value::as_u64)
-        .filter(|p| *p > 0 && *p < 65536)
-        .unwrap_or(10250) as u16;
-    Some(NodeEndpoint {
-        node: meta_str(node, "name").to_string(),
-        address: address.to_string(),
-        port,
-    })
-}
 
 /// `pods/<name>/log|exec|attach|portforward`.
 pub async fn pod_proxy(ctx: &Ctx<'_>, request: http::Request<Body>) -> Result<Response, ApiError> {

@@ -51,12 +51,15 @@ pub async fn start(
     what: &'static str,
 ) -> Result<(), ApiError> {
     let revision = fill(&store, &resources, view.as_ref()).await?;
+    let objects = Objects {
+        store: store.clone(),
+    };
     tokio::spawn(async move {
         let mut revision = revision;
         loop {
             let mut streams = Vec::new();
             for (index, def) in resources.iter().enumerate() {
-                match store.watch(&def.prefix(None), revision).await {
+                match objects.watch(&def.prefix(None), revision).await {
                     Ok(s) => streams.push(s.map(move |e| (index, e)).boxed()),
                     Err(e) => {
                         tracing::warn!("{what}: watch on {} failed: {e}; re-listing", def.resource)

@@ -330,6 +330,51 @@ pub const DEFAULT: Printer = Printer {
 
 // ---- core/v1 ----
 
+fn component_status_cells(o: &Value, _now: OffsetDateTime) -> Vec<Value> {
+    let healthy = o.get("conditions").and_then(Value::as_array).and_then(|c| {
+        c.iter()
+            .find(|c| c.get("type").and_then(Value::as_str) == Some("Healthy"))
+    });
+    let text = |c: &Value, key: &str| c.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+    let (status, message, error) = match healthy {
+        Some(c) => (
+            if c.get("status").and_then(Value::as_str) == Some("True") {
+                "Healthy"
+            } else {
+                "Unhealthy"
+            },
+            text(c, "message"),
+            text(c, "error"),
+        ),
+        None => ("Unknown", String::new(), String::new()),
+    };
+    vec![
+        json!(o
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")),
+        json!(status),
+        json!(message),
+        json!(error),
+    ]
+}
+
+/// `kubectl get componentstatuses`: NAME STATUS MESSAGE ERROR.
+pub const COMPONENT_STATUS: Printer = Printer {
+    columns: &[
+        NAME,
+        col("Status", "string", 0, "Status of the component conditions"),
+        col(
+            "Message",
+            "string",
+            0,
+            "Message of the component conditions",
+        ),
+        col("Error", "string", 0, "Error of the component conditions"),
+    ],
+    cells: component_status_cells,
+};
+
 /// Pods: NAME READY STATUS RESTARTS AGE IP NODE NOMINATED NODE READINESS GATES.
 pub const POD: Printer = Printer {
     columns: &[

@@ -5,7 +5,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use crate::{ApiServer, ApiServerConfig, AuthorizationMode, TlsMaterial};
+use crate::access::AuthorizationMode;
+use crate::probes::ComponentStatusConfig;
+use crate::server::{ApiServer, ApiServerConfig, TlsMaterial};
 use kinit_pki::{CaKind, CertificateAuthority, ControlPlaneNode, KeyAlgorithm, PkiSpec};
 use kinit_store::{EmbeddedStore, Store};
 
@@ -71,6 +73,7 @@ impl TestServer {
             authorization_modes: vec![AuthorizationMode::Node, AuthorizationMode::Rbac],
             anonymous_auth: false,
             node_proxy: None,
+            component_status: ComponentStatusConfig::default(),
         };
         configure(&mut config, &pki_dir);
         let store: Arc<dyn Store> = Arc::new(

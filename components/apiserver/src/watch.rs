@@ -16,10 +16,11 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::error::ApiError;
-use crate::handlers::{ListParams, Output};
 use crate::objects::{decode, set_resource_version};
+use crate::paging::ListParams;
 use crate::registry::ResourceDef;
-use crate::server::State;
+use crate::response::{present, Output};
+use crate::state::State;
 use crate::tables;
 
 /// What a watcher asked for.
@@ -94,6 +95,7 @@ struct Renderer {
 
 impl Renderer {
     fn render(&mut self, object: Value) -> Value {
+        let object = present(self.def, object);
         match &self.output {
             Output::Object => object,
             Output::Metadata => tables::partial_object_metadata(&object),
@@ -145,10 +147,9 @@ pub async fn watch(state: Arc<State>, req: WatchRequest) -> Result<Response, Api
     let mut initial = Vec::new();
     let start_revision = if rv.is_empty() || rv == "0" {
         let listed = state
-            .store
-            .list(&prefix, &ListOptions::default())
-            .await
-            .map_err(|e| ApiError::from_store(e, def.group, def.resource, ""))?;
+            .objects
+            .list_range(def, &prefix, &ListOptions::default(), false)
+            .await?;
         for kv in &listed.items {
             if !matches_key(kv, pinned.as_deref()) {
                 continue;
@@ -164,7 +165,7 @@ pub async fn watch(state: Arc<State>, req: WatchRequest) -> Result<Response, Api
             .map_err(|_| ApiError::bad_request(format!("resourceVersion: invalid value {rv:?}")))?
     };
 
-    let stream = match state.store.watch(&prefix, start_revision).await {
+    let stream = match state.objects.watch(&prefix, start_revision).await {
         Ok(s) => Some(s),
         Err(StoreError::Compacted {
             requested,

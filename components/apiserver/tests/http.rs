@@ -249,3 +249,121 @@ async fn watch_semantics() {
     assert_eq!(events[0]["object"]["kind"], "Table");
     assert_eq!(events[0]["object"]["columnDefinitions"][1]["name"], "Data");
 }
+
+fn deployment(name: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}})
+}
+
+/// Kinds with a status struct always come back with `status` (`{}` when none was written),
+/// as Kubernetes' typed objects do: from create, get, list, watch, update and patch. Kinds
+/// without one (ConfigMap) get none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_carry_an_empty_status() {
+    let s = common::TestServer::start().await;
+    let admin = s.client_as("test-admin", &["system:masters"]);
+    let deploys = s.url("/apis/apps/v1/namespaces/default/deployments");
+    let watch = admin
+        .get(format!("{deploys}?watch=true&resourceVersion=0"))
+        .send()
+        .await
+        .unwrap();
+    let (code, created) = send(admin.post(&deploys).json(&deployment("web"))).await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["status"], json!({}), "create: {created}");
+    let (_, got) = send(admin.get(format!("{deploys}/web"))).await;
+    assert_eq!(got["status"], json!({}), "get: {got}");
+    let (_, list) = send(admin.get(&deploys)).await;
+    assert_eq!(list["items"][0]["status"], json!({}), "list: {list}");
+    let events = read_events(watch, |e| !e.is_empty()).await;
+    assert_eq!(events[0]["type"], "ADDED");
+    assert_eq!(
+        events[0]["object"]["status"],
+        json!({}),
+        "watch: {}",
+        events[0]
+    );
+    let (code, patched) = send(
+        admin
+            .patch(format!("{deploys}/web"))
+            .header("Content-Type", "application/merge-patch+json")
+            .body(r#"{"metadata": {"labels": {"x": "y"}}}"#),
+    )
+    .await;
+    assert_eq!(code, 200, "{patched}");
+    assert_eq!(patched["status"], json!({}), "patch: {patched}");
+    // A written status is kept as it is.
+    let mut with_status = patched.clone();
+    with_status["status"] = json!({"replicas": 3});
+    let (code, updated) = send(
+        admin
+            .put(format!("{deploys}/web/status"))
+            .json(&with_status),
+    )
+    .await;
+    assert_eq!(code, 200, "{updated}");
+    assert_eq!(updated["status"]["replicas"], 3);
+    // No status struct, no status.
+    let cms = s.url("/api/v1/namespaces/default/configmaps");
+    let (_, cm_created) = send(admin.post(&cms).json(&cm("plain", json!({})))).await;
+    assert!(cm_created.get("status").is_none(), "{cm_created}");
+}
+
+/// `componentstatuses` probes the scheduler's and controller manager's healthz (here one
+/// healthy endpoint and one closed port) and the embedded store, like Kubernetes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_statuses_are_probed_live() {
+    let healthy = common::TestServer::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let scheduler = healthy.url("/healthz");
+    let controller_manager = format!("https://127.0.0.1:{closed_port}/healthz");
+    let cm_url = controller_manager.clone();
+    let s = common::TestServer::start_with(move |c, _| {
+        c.component_status.scheduler = scheduler;
+        c.component_status.controller_manager = cm_url;
+    })
+    .await;
+    let admin = s.client_as("test-admin", &["system:masters"]);
+    let (code, list) = send(admin.get(s.url("/api/v1/componentstatuses"))).await;
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(list["kind"], "ComponentStatusList");
+    let by_name = |name: &str| {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {list}"))
+            .clone()
+    };
+    assert_eq!(
+        by_name("scheduler")["conditions"],
+        json!([{"type": "Healthy", "status": "True", "message": "ok"}])
+    );
+    let cm = by_name("controller-manager")["conditions"][0].clone();
+    assert_eq!(cm["status"], "False", "{cm}");
+    assert!(
+        cm["error"].as_str().unwrap().starts_with(&format!(
+            "Get \"{controller_manager}\": dial tcp 127.0.0.1:{closed_port}"
+        )),
+        "{cm}"
+    );
+    assert_eq!(by_name("embedded-store")["conditions"][0]["status"], "True");
+    // One component, and an unknown one.
+    let (code, one) = send(admin.get(s.url("/api/v1/componentstatuses/scheduler"))).await;
+    assert_eq!((code, one["kind"].as_str()), (200, Some("ComponentStatus")));
+    let (code, _) = send(admin.get(s.url("/api/v1/componentstatuses/nope"))).await;
+    assert_eq!(code, 404);
+    // Read-only.
+    let (code, _) = send(
+        admin
+            .post(s.url("/api/v1/componentstatuses"))
+            .json(&json!({"metadata": {"name": "x"}})),
+    )
+    .await;
+    assert_eq!(code, 405);
+}

@@ -766,3 +766,68 @@ fn script(c: &Cluster) {
         "{err}"
     );
 }
+
+/// `kubectl get cs` (deprecated in Kubernetes but still served): NAME STATUS MESSAGE ERROR,
+/// with a healthy scheduler endpoint, a controller manager that is not running and the
+/// embedded store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_get_componentstatuses() {
+    let Some(kubectl) = kubectl_binary() else {
+        assert!(
+            std::env::var_os("KINIT_E2E").is_none_or(|v| v != "1"),
+            "kubectl not found at {DEFAULT_KUBECTL} or on PATH, but KINIT_E2E=1 requires it (set KUBECTL=/path/to/kubectl)"
+        );
+        eprintln!("\n\n*** SKIPPED: kubectl not found at {DEFAULT_KUBECTL} (set KUBECTL=/path/to/kubectl) ***\n\n");
+        return;
+    };
+    let healthy = common::TestServer::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let scheduler = healthy.url("/healthz");
+    let server = common::TestServer::start_with(move |c, _| {
+        c.component_status.scheduler = scheduler;
+        c.component_status.controller_manager = format!("https://127.0.0.1:{closed_port}/healthz");
+    })
+    .await;
+    let c = Cluster {
+        kubectl,
+        server: server.server.clone(),
+        dir: server.dir,
+    };
+    tokio::task::spawn_blocking(move || {
+        let out = c.ok(&["get", "cs"]);
+        assert_eq!(
+            header(&out),
+            ["NAME", "STATUS", "MESSAGE", "ERROR"],
+            "{out}"
+        );
+        assert_eq!(
+            row(&out, "scheduler"),
+            ["scheduler", "Healthy", "ok"],
+            "{out}"
+        );
+        assert_eq!(
+            row(&out, "embedded-store"),
+            ["embedded-store", "Healthy", "ok"]
+        );
+        let cm = row(&out, "controller-manager");
+        assert_eq!(cm[1], "Unhealthy", "{out}");
+        assert!(
+            out.contains(&format!("dial tcp 127.0.0.1:{closed_port}")),
+            "{out}"
+        );
+        let one = c.ok(&[
+            "get",
+            "componentstatus",
+            "scheduler",
+            "-o",
+            "jsonpath={.conditions[0].status}",
+        ]);
+        assert_eq!(one, "True");
+        // Read-only, as in Kubernetes.
+        c.fails(&["delete", "cs", "scheduler"]);
+    })
+    .await
+    .unwrap();
+}
