@@ -89,22 +89,93 @@ impl KindHooks for Generic {}
 /// Hooks of kinds with nothing special.
 pub static GENERIC: Generic = Generic;
 
-/// Kinds with a status struct: answered with `status: {}` when they have none.
-pub struct WithStatus;
-impl KindHooks for WithStatus {
-    fn status_defaults(&self, obj: &mut Value) {
-        empty_status(obj);
+/// The zero value of a status field Go's JSON encoding always writes (no `omitempty`).
+#[derive(Debug, Clone, Copy)]
+pub enum Zero {
+    /// A counter: `0`.
+    Int,
+    /// A struct: `{}`.
+    Object,
+    /// A defaulted string (a phase).
+    Str(&'static str),
+}
+
+impl Zero {
+    fn value(self) -> Value {
+        match self {
+            Zero::Int => json!(0),
+            Zero::Object => json!({}),
+            Zero::Str(s) => json!(s),
+        }
     }
 }
 
-/// Hooks of kinds with a status struct and nothing else special.
-pub static WITH_STATUS: WithStatus = WithStatus;
+/// Kinds with a status struct: answered with the status a zero Go struct encodes to (`{}`
+/// plus the fields without `omitempty`, e.g. a ReplicaSet's `replicas: 0`) when those are
+/// missing; typed clients (the Python client's models) require them.
+pub struct WithStatus {
+    /// Fields always present in the kind's status, with their zero value.
+    pub always: &'static [(&'static str, Zero)],
+}
+impl KindHooks for WithStatus {
+    fn status_defaults(&self, obj: &mut Value) {
+        status_with(obj, self.always);
+    }
+}
+
+/// Hooks of kinds whose status struct has only `omitempty` fields (answered `status: {}`).
+pub static WITH_STATUS: WithStatus = WithStatus { always: &[] };
+/// Hooks of ReplicaSets (`status.replicas` is always written).
+pub static REPLICA_SET: WithStatus = WithStatus {
+    always: &[("replicas", Zero::Int)],
+};
+/// Hooks of StatefulSets.
+pub static STATEFUL_SET: WithStatus = WithStatus {
+    always: &[("replicas", Zero::Int), ("availableReplicas", Zero::Int)],
+};
+/// Hooks of DaemonSets.
+pub static DAEMON_SET: WithStatus = WithStatus {
+    always: &[
+        ("currentNumberScheduled", Zero::Int),
+        ("numberMisscheduled", Zero::Int),
+        ("desiredNumberScheduled", Zero::Int),
+        ("numberReady", Zero::Int),
+    ],
+};
+/// Hooks of PodDisruptionBudgets.
+pub static POD_DISRUPTION_BUDGET: WithStatus = WithStatus {
+    always: &[
+        ("disruptionsAllowed", Zero::Int),
+        ("currentHealthy", Zero::Int),
+        ("desiredHealthy", Zero::Int),
+        ("expectedPods", Zero::Int),
+    ],
+};
+/// Hooks of PersistentVolumeClaims and PersistentVolumes (defaulted to phase Pending).
+pub static PENDING_PHASE: WithStatus = WithStatus {
+    always: &[("phase", Zero::Str("Pending"))],
+};
+/// Hooks of Ingresses (`status.loadBalancer` is a struct, always encoded).
+pub static INGRESS: WithStatus = WithStatus {
+    always: &[("loadBalancer", Zero::Object)],
+};
 
 /// Sets `status: {}` on an object without one (Kubernetes' typed objects always carry it).
 pub fn empty_status(obj: &mut Value) {
-    if let Some(m) = obj.as_object_mut() {
-        if !m.get("status").is_some_and(Value::is_object) {
-            m.insert("status".into(), json!({}));
+    status_with(obj, &[]);
+}
+
+/// Sets `status` to at least `{}` with the `always` fields at their zero value when missing.
+fn status_with(obj: &mut Value, always: &[(&str, Zero)]) {
+    let Some(m) = obj.as_object_mut() else { return };
+    if !m.get("status").is_some_and(Value::is_object) {
+        m.insert("status".into(), json!({}));
+    }
+    if let Some(status) = m.get_mut("status").and_then(Value::as_object_mut) {
+        for (field, zero) in always {
+            if !status.contains_key(*field) {
+                status.insert((*field).into(), zero.value());
+            }
         }
     }
 }
@@ -281,6 +352,32 @@ mod tests {
                 &json!({"spec": {"containers": [{"resources": {"requests": {"cpu": "1"}}}]}})
             ),
             "Burstable"
+        );
+    }
+
+    #[test]
+    fn zero_status_fields_go_always_writes() {
+        let mut rs = json!({"metadata": {"name": "r"}});
+        REPLICA_SET.status_defaults(&mut rs);
+        assert_eq!(rs["status"], json!({"replicas": 0}));
+        let mut ds = json!({"status": {"numberReady": 2}});
+        DAEMON_SET.status_defaults(&mut ds);
+        assert_eq!(
+            ds["status"],
+            json!({"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 2})
+        );
+        let mut pvc = json!({"status": {"phase": "Bound"}});
+        PENDING_PHASE.status_defaults(&mut pvc);
+        assert_eq!(pvc["status"], json!({"phase": "Bound"}));
+        let mut pvc = json!({});
+        PENDING_PHASE.status_defaults(&mut pvc);
+        assert_eq!(pvc["status"], json!({"phase": "Pending"}));
+        let def = crate::registry::by_kind("apps", "StatefulSet").expect("statefulsets are served");
+        let mut sts = json!({});
+        def.hooks.status_defaults(&mut sts);
+        assert_eq!(
+            sts["status"],
+            json!({"replicas": 0, "availableReplicas": 0})
         );
     }
 

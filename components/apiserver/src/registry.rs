@@ -577,7 +577,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         has_status: true,
         reset_status_on_create: true,
         normalize: normalize::<core::PersistentVolumeClaim>,
-        hooks: &kinds::WITH_STATUS,
+        hooks: &kinds::PENDING_PHASE,
         ..BASE
     },
     ResourceDef {
@@ -590,7 +590,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         has_status: true,
         reset_status_on_create: true,
         normalize: normalize::<core::PersistentVolume>,
-        hooks: &kinds::WITH_STATUS,
+        hooks: &kinds::PENDING_PHASE,
         ..BASE
     },
     ResourceDef {
@@ -642,7 +642,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         default: v::default_replica_set,
         validate: v::validate_replica_set,
         validate_update: v::validate_selector_immutable,
-        hooks: &kinds::WITH_STATUS,
+        hooks: &kinds::REPLICA_SET,
         ..BASE
     },
     ResourceDef {
@@ -661,7 +661,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         default: v::default_daemon_set,
         validate: v::validate_daemon_set,
         validate_update: v::validate_selector_immutable,
-        hooks: &kinds::WITH_STATUS,
+        hooks: &kinds::DAEMON_SET,
         ..BASE
     },
     ResourceDef {
@@ -680,7 +680,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         default: v::default_stateful_set,
         validate: v::validate_stateful_set,
         validate_update: v::validate_selector_immutable,
-        hooks: &kinds::WITH_STATUS,
+        hooks: &kinds::STATEFUL_SET,
         ..BASE
     },
     ResourceDef {
@@ -744,7 +744,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         printer: &tables::INGRESS,
         normalize: normalize::<net::Ingress>,
         validate: v::validate_ingress,
-        hooks: &kinds::WITH_STATUS,
+        hooks: &kinds::INGRESS,
         ..BASE
     },
     ResourceDef {
@@ -804,7 +804,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         reset_status_on_create: true,
         printer: &tables::POD_DISRUPTION_BUDGET,
         normalize: normalize::<policy::PodDisruptionBudget>,
-        hooks: &kinds::WITH_STATUS,
+        hooks: &kinds::POD_DISRUPTION_BUDGET,
         ..BASE
     },
     // ---- rbac.authorization.k8s.io/v1 ----
