@@ -1,8 +1,9 @@
-//! API discovery (aggregated v2 and legacy), `/version`, and a minimal OpenAPI v3 that lets
-//! kubectl delegate validation to the server.
+//! API discovery (aggregated v2 and legacy), `/version`, and the OpenAPI v2/v3 documents of
+//! the served kinds (Kubernetes' own schemas, from `kinit-openapi`).
 
 use serde_json::{json, Value};
 
+use crate::error::ApiError;
 use crate::registry::{self, ResourceDef};
 
 /// The Kubernetes version this server speaks (the k8s-openapi feature it is built with).
@@ -215,125 +216,176 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
     )
 }
 
-fn openapi_key(group: &str, version: &str) -> String {
-    if group.is_empty() {
-        format!("api/{version}")
-    } else {
-        format!("apis/{group}/{version}")
-    }
+/// The served resources as the OpenAPI builder needs them.
+fn openapi_served_kinds() -> Vec<kinit_openapi::ServedKind> {
+    registry::RESOURCES
+        .iter()
+        .map(|def| kinit_openapi::ServedKind {
+            group: def.group.to_string(),
+            version: def.version.to_string(),
+            kind: def.kind.to_string(),
+            resource: def.resource.to_string(),
+            namespaced: def.namespaced,
+            subresources: def
+                .subresources
+                .iter()
+                .map(|s| s.name.to_string())
+                .collect(),
+        })
+        .collect()
+}
+
+/// The OpenAPI documents of the resource table, built on first use and kept in memory.
+fn openapi_documents() -> Result<&'static kinit_openapi::OpenApi, ApiError> {
+    static DOCUMENTS: std::sync::OnceLock<Result<kinit_openapi::OpenApi, String>> =
+        std::sync::OnceLock::new();
+    DOCUMENTS
+        .get_or_init(|| {
+            kinit_openapi::OpenApi::new(&openapi_served_kinds()).map_err(|e| {
+                tracing::error!(error = %e, "building the OpenAPI documents failed");
+                e.to_string()
+            })
+        })
+        .as_ref()
+        .map_err(|e| ApiError::internal(format!("OpenAPI documents are unavailable: {e}")))
 }
 
 /// `/openapi/v3`: the index of per group-version documents.
 pub fn openapi_index() -> Value {
-    let mut paths = serde_json::Map::new();
-    for (g, versions) in registry::groups() {
-        for v in versions {
-            let key = openapi_key(g, v);
-            paths.insert(
-                key.clone(),
-                json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={}", openapi_hash(g, v))}),
-            );
-        }
+    match openapi_documents() {
+        Ok(docs) => docs.v3_index("/openapi/v3"),
+        Err(_) => json!({"paths": {}}),
     }
-    json!({ "paths": paths })
 }
 
-fn openapi_hash(group: &str, version: &str) -> String {
-    // Stable per binary: the document only changes with the registry.
-    let doc = openapi_document(group, version)
-        .map(|d| d.to_string())
-        .unwrap_or_default();
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in doc.bytes().chain(env!("CARGO_PKG_VERSION").bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016X}")
-}
-
-/// `/openapi/v3/<api/v1 | apis/g/v>`: one PATCH operation per kind carrying
-/// `x-kubernetes-group-version-kind` and the `fieldValidation` parameter, so kubectl validates
-/// server-side. Schemas are open objects (the server is the validator).
+/// `/openapi/v3/<api/v1 | apis/g/v>` as JSON: Kubernetes' own schemas of the served kinds and
+/// the operations on their paths.
 pub fn openapi_document(group: &str, version: &str) -> Option<Value> {
-    let mut paths = serde_json::Map::new();
-    let mut schemas = serde_json::Map::new();
-    let prefix = if group.is_empty() {
-        format!("/api/{version}")
-    } else {
-        format!("/apis/{group}/{version}")
-    };
-    for def in registry::resources_of(group, version) {
-        let schema_name = format!(
-            "io.k8s.api.{}.{}.{}",
-            if group.is_empty() {
-                "core"
-            } else {
-                group.split('.').next().unwrap_or(group)
-            },
-            version,
-            def.kind
+    let doc = openapi_documents().ok()?.v3_document(group, version)?;
+    serde_json::from_slice(doc.json()).ok()
+}
+
+/// Whether `If-None-Match` already names `etag`.
+fn openapi_not_modified(headers: &http::HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(http::header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == etag || t == "*")
+}
+
+/// Whether `Accept` allows JSON (absent, `*/*`, `application/*`, `application/json`).
+fn openapi_accepts_json(headers: &http::HeaderMap) -> bool {
+    let accept = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    accept.trim().is_empty()
+        || accept.split(',').any(|part| {
+            let media = part.split(';').next().unwrap_or("").trim();
+            matches!(media, "*/*" | "application/*" | "application/json")
+        })
+}
+
+/// A document response as kube-apiserver sends it: `ETag`, `304` on a matching
+/// `If-None-Match`, and immutable caching when the URL carries the document's hash.
+fn openapi_document_response(
+    doc: &kinit_openapi::Document,
+    headers: &http::HeaderMap,
+    immutable: bool,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let etag = doc.etag();
+    let mut builder = http::Response::builder()
+        .header(http::header::ETAG, &etag)
+        .header(http::header::VARY, "Accept");
+    if immutable {
+        let expires = time::OffsetDateTime::now_utc() + time::Duration::days(365);
+        let format = time::macros::format_description!(
+            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
         );
-        schemas.insert(
-            schema_name.clone(),
-            json!({
-                "type": "object",
-                "x-kubernetes-preserve-unknown-fields": true,
-                "x-kubernetes-group-version-kind": [{"group": group, "version": version, "kind": def.kind}],
-            }),
-        );
-        let gvk = json!({"group": group, "version": version, "kind": def.kind});
-        let path = if def.namespaced {
-            format!(
-                "{prefix}/namespaces/{{namespace}}/{}/{{name}}",
-                def.resource
-            )
-        } else {
-            format!("{prefix}/{}/{{name}}", def.resource)
-        };
-        let schema_ref = json!({"$ref": format!("#/components/schemas/{schema_name}")});
-        let mut params = vec![
-            json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string", "uniqueItems": true}}),
-            json!({"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}}),
-            json!({"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}}),
-            json!({"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}}),
-            json!({"name": "force", "in": "query", "schema": {"type": "boolean", "uniqueItems": true}}),
-        ];
-        if def.namespaced {
-            params.push(json!({"name": "namespace", "in": "path", "required": true, "schema": {"type": "string", "uniqueItems": true}}));
+        builder = builder.header(http::header::CACHE_CONTROL, "public, immutable");
+        if let Ok(expires) = expires.format(&format) {
+            builder = builder.header(http::header::EXPIRES, expires);
         }
-        // kubectl looks for `fieldValidation` among the PATCH operation's own parameters.
-        let op = |verb: &str| {
-            json!({
-                "operationId": format!("{verb}{}", def.kind),
-                "parameters": params,
-                "x-kubernetes-action": verb,
-                "x-kubernetes-group-version-kind": gvk,
-                "requestBody": {"content": {
-                    "application/json-patch+json": {"schema": {"type": "object"}},
-                    "application/merge-patch+json": {"schema": {"type": "object"}},
-                    "application/apply-patch+yaml": {"schema": {"type": "object"}},
-                }, "required": true},
-                "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": schema_ref}}}},
-            })
-        };
-        paths.insert(
-            path,
-            json!({
-                "get": {"operationId": format!("read{}", def.kind), "x-kubernetes-action": "get", "x-kubernetes-group-version-kind": gvk,
-                        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": schema_ref}}}}},
-                "patch": op("patch"),
-            }),
-        );
+    } else {
+        builder = builder.header(http::header::CACHE_CONTROL, "no-cache, private");
     }
-    if paths.is_empty() {
-        return None;
+    let response = if openapi_not_modified(headers, &etag) {
+        builder
+            .status(http::StatusCode::NOT_MODIFIED)
+            .body(axum::body::Body::empty())
+    } else {
+        builder
+            .status(http::StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(doc.json().to_vec()))
+    };
+    response.unwrap_or_else(|e| {
+        ApiError::internal(format!("building the OpenAPI response failed: {e}")).into_response()
+    })
+}
+
+/// Serves `/openapi/v2` and `/openapi/v3[/<api/v1 | apis/g/v>]`; `segs` are the path segments
+/// after `openapi`, `query` the raw query string.
+pub fn openapi_response(
+    path: &str,
+    segs: &[&str],
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let docs = openapi_documents()?;
+    if !openapi_accepts_json(headers) {
+        return Ok((
+            http::StatusCode::NOT_ACCEPTABLE,
+            [(http::header::CONTENT_TYPE, "text/plain")],
+            format!(
+                "{path} is served as application/json only (the protobuf forms {} and {} are not supported); ask for application/json",
+                kinit_openapi::V2_PROTOBUF_MEDIA_TYPE,
+                kinit_openapi::V3_PROTOBUF_MEDIA_TYPE
+            ),
+        )
+            .into_response());
     }
-    Some(json!({
-        "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": KUBERNETES_VERSION},
-        "paths": paths,
-        "components": {"schemas": schemas},
-    }))
+    let (group, version) = match segs {
+        ["v2"] => return Ok(openapi_document_response(docs.v2(), headers, false)),
+        ["v3"] => {
+            let index = serde_json::to_vec(&docs.v3_index("/openapi/v3"))
+                .map_err(|e| ApiError::internal(format!("encoding the OpenAPI v3 index: {e}")))?;
+            return Ok((
+                http::StatusCode::OK,
+                [(http::header::CONTENT_TYPE, "application/json")],
+                index,
+            )
+                .into_response());
+        }
+        ["v3", "api", v] => ("", *v),
+        ["v3", "apis", g, v] => (*g, *v),
+        _ => return Err(ApiError::path_not_found(path)),
+    };
+    let doc = docs
+        .v3_document(group, version)
+        .ok_or_else(|| ApiError::path_not_found(path))?;
+    let requested_hash = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("hash="));
+    match requested_hash {
+        // A stale hash: send the client to the current document, as kube-apiserver does.
+        Some(hash) if hash != doc.hash() => {
+            let location = format!("{path}?hash={}", doc.hash());
+            Ok((
+                http::StatusCode::MOVED_PERMANENTLY,
+                [(http::header::LOCATION, location)],
+            )
+                .into_response())
+        }
+        Some(_) => Ok(openapi_document_response(doc, headers, true)),
+        None => Ok(openapi_document_response(doc, headers, false)),
+    }
 }
 
 #[cfg(test)]

@@ -430,9 +430,9 @@ async fn non_resource(
         ["apis"] => Ok(json_response(StatusCode::OK, &discovery::api_group_list())),
         ["apis", g] => found(discovery::api_group(g)),
         ["apis", g, v] => found(discovery::api_resource_list(g, v)),
-        ["openapi", "v3"] => Ok(json_response(StatusCode::OK, &discovery::openapi_index())),
-        ["openapi", "v3", "api", v] => found(discovery::openapi_document("", v)),
-        ["openapi", "v3", "apis", g, v] => found(discovery::openapi_document(g, v)),
+        ["openapi", rest @ ..] => {
+            discovery::openapi_response(path, rest, request.headers(), request.uri().query())
+        }
         _ => Err(ApiError::path_not_found(path)),
     }
 }

@@ -831,3 +831,259 @@ async fn kubectl_get_componentstatuses() {
     .await
     .unwrap();
 }
+
+/// Starts a server and runs `body` against it with kubectl; `false` when kubectl is missing
+/// and the suite may skip (never under `KINIT_E2E=1`).
+async fn with_kubectl(body: fn(&Cluster)) -> bool {
+    let Some(kubectl) = kubectl_binary() else {
+        assert!(
+            std::env::var_os("KINIT_E2E").is_none_or(|v| v != "1"),
+            "kubectl not found at {DEFAULT_KUBECTL} or on PATH, but KINIT_E2E=1 requires it (set KUBECTL=/path/to/kubectl)"
+        );
+        eprintln!("\n\n*** SKIPPED: kubectl not found at {DEFAULT_KUBECTL} (set KUBECTL=/path/to/kubectl) ***\n\n");
+        return false;
+    };
+    let server = common::TestServer::start().await;
+    let c = Cluster {
+        kubectl,
+        server: server.server.clone(),
+        dir: server.dir,
+    };
+    tokio::task::spawn_blocking(move || body(&c)).await.unwrap();
+    true
+}
+
+/// The field line `name  <type>` of `kubectl explain` output (any indentation).
+fn explain_field<'a>(out: &'a str, name: &str) -> Option<&'a str> {
+    out.lines()
+        .map(str::trim)
+        .find(|l| l.split_whitespace().next() == Some(name))
+}
+
+/// `kubectl explain` renders Kubernetes' own field documentation from `/openapi/v3`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_explain_prints_kubernetes_field_docs() {
+    with_kubectl(|c| {
+        let out = c.ok(&["explain", "pods.spec.containers"]);
+        assert!(out.contains("KIND:       Pod"), "{out}");
+        assert!(out.contains("VERSION:    v1"), "{out}");
+        assert!(out.contains("FIELD: containers <[]Container>"), "{out}");
+        assert!(
+            out.contains("List of containers belonging to the pod."),
+            "{out}"
+        );
+        assert_eq!(
+            explain_field(&out, "image"),
+            Some("image\t<string>"),
+            "{out}"
+        );
+        assert_eq!(
+            explain_field(&out, "name"),
+            Some("name\t<string> -required-"),
+            "{out}"
+        );
+
+        let out = c.ok(&["explain", "deployment.spec", "--recursive"]);
+        assert!(out.contains("GROUP:      apps"), "{out}");
+        assert!(out.contains("FIELD: spec <DeploymentSpec>"), "{out}");
+        for (field, line) in [
+            ("selector", "selector\t<LabelSelector> -required-"),
+            ("template", "template\t<PodTemplateSpec> -required-"),
+            ("replicas", "replicas\t<integer>"),
+            ("containers", "containers\t<[]Container> -required-"),
+            ("maxSurge", "maxSurge\t<IntOrString>"),
+        ] {
+            assert_eq!(explain_field(&out, field), Some(line), "{out}");
+        }
+
+        // Short names and the enum/int-or-string docs of another group.
+        let out = c.ok(&["explain", "svc.spec.ports.targetPort"]);
+        assert!(out.contains("FIELD: targetPort <IntOrString>"), "{out}");
+        assert!(out.contains("Number or name of the port"), "{out}");
+        let out = c.ok(&["explain", "cronjobs.spec.concurrencyPolicy"]);
+        assert!(out.contains("GROUP:      batch"), "{out}");
+        assert!(out.contains("Forbid"), "{out}");
+    })
+    .await;
+}
+
+/// With OpenAPI v3 present kubectl 1.32 validates strictly by sending `fieldValidation=Strict`
+/// (it finds the parameter on the kind's PATCH operation), so an unknown field fails with
+/// kubectl's strict-decoding message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_validates_unknown_fields_strictly() {
+    with_kubectl(|c| {
+        let bad = c.write(
+            "bad-deployment.yaml",
+            &DEPLOYMENT.replace("  replicas: 2", "  replicass: 2"),
+        );
+        for verb in ["create", "apply"] {
+            let out = c.run_as(&c.admin_conf(), &[verb, "-f", &bad, "-v=6"]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{verb} accepted spec.replicass");
+            assert!(
+                stderr.contains(r#"strict decoding error: unknown field "spec.replicass""#),
+                "{verb}: {stderr}"
+            );
+            assert!(
+                stderr.contains("fieldValidation=Strict"),
+                "{verb}: {stderr}"
+            );
+        }
+        let out = c.fails(&["get", "deployment", "web"]);
+        assert!(out.contains("NotFound"), "{out}");
+    })
+    .await;
+}
+
+/// `kubectl apply` computes a strategic merge patch from the v3 schema's patch strategy and
+/// merge key: a container added out of band survives a re-apply that changes another
+/// container, because the list merges by `name` (a JSON merge patch would replace it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_apply_sends_strategic_merge_patch_from_openapi_v3() {
+    with_kubectl(|c| {
+        let first = c.write("web.yaml", DEPLOYMENT);
+        c.ok(&["apply", "-f", &first]);
+        c.ok(&[
+            "patch",
+            "deployment",
+            "web",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/spec/template/spec/containers/-","value":{"name":"sidecar","image":"busybox:1.36"}}]"#,
+        ]);
+        let second = c.write("web2.yaml", &DEPLOYMENT.replace("nginx:1.27", "nginx:1.28"));
+        let out = c.run_as(&c.admin_conf(), &["apply", "-f", &second, "-v=8"]);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        assert!(
+            log.contains("Content-Type: application/strategic-merge-patch+json"),
+            "{log}"
+        );
+        // The patch metadata came from the v3 document: kubectl neither fell back to
+        // /openapi/v2 nor reported the v3 path unusable.
+        assert!(log.contains("/openapi/v3/apis/apps/v1?hash="), "{log}");
+        assert!(!log.contains("/openapi/v2"), "{log}");
+        assert!(!log.contains("OpenAPI V3 path does not"), "{log}");
+
+        let images = c.ok(&[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            r#"jsonpath={range .spec.template.spec.containers[*]}{.name}={.image}{"\n"}{end}"#,
+        ]);
+        assert_eq!(images, "nginx=nginx:1.28\nsidecar=busybox:1.36\n");
+    })
+    .await;
+}
+
+/// `/openapi/v3` lists exactly the served group-versions; each document is served with the
+/// ETag/hash caching kube-apiserver uses (immutable under its `?hash=`, `304` on a matching
+/// `If-None-Match`, a redirect from a stale hash); `/openapi/v2` is the Swagger 2.0 form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn openapi_documents_are_served_with_hash_and_etag_caching() {
+    let server = common::TestServer::start().await;
+    let client = server.client_as("openapi-reader", &["system:masters"]);
+    let index: serde_json::Value = client
+        .get(server.url("/openapi/v3"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut listed: Vec<String> = index["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    listed.sort();
+    let mut served: Vec<String> = kinit_apiserver::registry::groups()
+        .into_iter()
+        .flat_map(|(g, vs)| {
+            vs.into_iter().map(move |v| {
+                if g.is_empty() {
+                    format!("api/{v}")
+                } else {
+                    format!("apis/{g}/{v}")
+                }
+            })
+        })
+        .collect();
+    served.sort();
+    assert_eq!(listed, served);
+
+    let url = index["paths"]["apis/apps/v1"]["serverRelativeURL"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hash = url.split("?hash=").nth(1).unwrap().to_string();
+    let resp = client.get(server.url(&url)).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let etag = resp.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(etag, format!("\"{hash}\""));
+    assert_eq!(resp.headers()["cache-control"], "public, immutable");
+    assert!(resp.headers().contains_key("expires"));
+    let doc: serde_json::Value = resp.json().await.unwrap();
+    let spec = &doc["components"]["schemas"]["io.k8s.api.apps.v1.DeploymentSpec"];
+    assert_eq!(
+        spec["required"],
+        serde_json::json!(["selector", "template"])
+    );
+
+    let not_modified = client
+        .get(server.url("/openapi/v3/apis/apps/v1"))
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_modified.status().as_u16(), 304);
+
+    // A stale hash redirects to the current one (followed by the client).
+    let moved = client
+        .get(server.url("/openapi/v3/apis/apps/v1?hash=0123"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status().as_u16(), 200);
+    assert_eq!(moved.url().query(), Some(format!("hash={hash}").as_str()));
+
+    let missing = client
+        .get(server.url("/openapi/v3/apis/example.com/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+
+    let v2 = client
+        .get(server.url("/openapi/v2"))
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v2.status().as_u16(), 200);
+    assert!(v2.headers().contains_key("etag"));
+    let v2: serde_json::Value = v2.json().await.unwrap();
+    assert_eq!(v2["swagger"], "2.0");
+    let containers = &v2["definitions"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
+    assert_eq!(containers["x-kubernetes-patch-strategy"], "merge");
+    assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
+    assert_eq!(
+        v2["definitions"]["io.k8s.api.apps.v1.Deployment"]["x-kubernetes-group-version-kind"][0]
+            ["kind"],
+        "Deployment"
+    );
+    // Only the JSON form is served: a protobuf-only Accept is refused, not answered with JSON.
+    let pb = client
+        .get(server.url("/openapi/v2"))
+        .header(
+            "Accept",
+            "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pb.status().as_u16(), 406);
+}
