@@ -1,6 +1,7 @@
 //! The API side of pods: a watch on the pods bound to this node (`spec.nodeName=<node>`), the
 //! status sink that patches `pods/<name>/status`, and the final delete after graceful stop.
 
+use kinit_rules::errors::{is_conflict, is_not_found};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -40,7 +41,7 @@ impl StatusSink for ApiStatusSink {
             Ok(_) => {}
             // The mirror pod may not exist yet; its creation carries no status and the next
             // change reports again.
-            Err(kube::Error::Api(s)) if s.code == 404 => {
+            Err(e) if is_not_found(&e) => {
                 tracing::debug!(pod = %name, ?source, "no API pod to report status to yet");
             }
             Err(e) => {
@@ -65,7 +66,7 @@ impl StatusSink for ApiStatusSink {
         };
         match api.delete(&name, &params).await {
             Ok(_) => tracing::info!(pod = %format!("{ns}/{name}"), "pod terminated and deleted"),
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) if is_not_found(&e) || is_conflict(&e) => {}
             Err(e) => tracing::warn!(pod = %format!("{ns}/{name}"), "final delete failed: {e}"),
         }
     }

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, Pod, ResourceFieldSelector, Service};
 
-use crate::quantity;
 use crate::sources::ObjectSource;
 use crate::AgentError;
+use kinit_rules::quantity;
 
 /// Runtime facts fieldRefs may ask for.
 #[derive(Debug, Clone, Default)]
@@ -88,21 +88,24 @@ pub fn resource_value(
             // host's CPUs.
             let millis = value
                 .as_deref()
-                .and_then(quantity::cpu_millis)
+                .and_then(quantity::parse_milli_value)
                 .unwrap_or_else(|| {
                     std::thread::available_parallelism()
                         .map(|n| n.get() as i64 * 1000)
                         .unwrap_or(1000)
                 });
             let div = divisor
-                .and_then(quantity::cpu_millis)
+                .and_then(quantity::parse_milli_value)
                 .unwrap_or(1000)
                 .max(1);
             ((millis + div - 1) / div).to_string()
         }
         _ => {
-            let bytes = value.as_deref().and_then(quantity::bytes).unwrap_or(0);
-            let div = divisor.and_then(quantity::bytes).unwrap_or(1).max(1);
+            let bytes = value
+                .as_deref()
+                .and_then(quantity::parse_value)
+                .unwrap_or(0);
+            let div = divisor.and_then(quantity::parse_value).unwrap_or(1).max(1);
             ((bytes + div - 1) / div).to_string()
         }
     })

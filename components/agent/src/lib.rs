@@ -10,13 +10,13 @@ pub mod apisource;
 pub mod config;
 pub mod env;
 pub mod etc_hosts;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod manager;
 pub mod network;
 pub mod node;
 pub mod pods;
 pub mod probes;
-pub mod quantity;
 pub mod runtime;
 pub mod server;
 pub mod sources;

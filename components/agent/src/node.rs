@@ -1,6 +1,7 @@
 //! Node registration, node status (capacity, conditions, addresses, nodeInfo) and the
 //! `kube-node-lease` heartbeat.
 
+use kinit_rules::errors::is_conflict;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -15,8 +16,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::config::Settings;
-use crate::quantity;
 use crate::AgentError;
+use kinit_rules::quantity;
 
 /// Namespace of node leases.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -163,17 +164,17 @@ pub fn resources(
     let r_cpu = reserved
         .cpu
         .as_deref()
-        .and_then(quantity::cpu_millis)
+        .and_then(quantity::parse_milli_value)
         .unwrap_or(0);
     let r_mem = reserved
         .memory
         .as_deref()
-        .and_then(quantity::bytes)
+        .and_then(quantity::parse_value)
         .unwrap_or(0);
     let r_fs = reserved
         .ephemeral_storage
         .as_deref()
-        .and_then(quantity::bytes)
+        .and_then(quantity::parse_value)
         .unwrap_or(0);
     let pods = settings.config.max_pods.to_string();
     let capacity = BTreeMap::from([
@@ -372,7 +373,7 @@ pub async fn register(client: &kube::Client, settings: &Settings) -> Result<Stri
             tracing::info!(node = %settings.node_name, "registered the node");
             node
         }
-        Err(kube::Error::Api(s)) if s.code == 409 => {
+        Err(e) if is_conflict(&e) => {
             let patch = json!({"metadata": {"labels": desired.metadata.labels}});
             nodes
                 .patch(

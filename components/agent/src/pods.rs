@@ -3,6 +3,7 @@
 //! observes the runtime, takes the next step (create the sandbox, run the next init container,
 //! start or restart app containers, restart on liveness failure), and reports the status.
 
+use kinit_rules::qos::qos_class;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -1204,7 +1205,11 @@ pub fn compute_status(
         start_time: state.start_time.clone(),
         init_container_statuses: (!init.is_empty()).then_some(init),
         container_statuses: Some(apps),
-        qos_class: Some(qos_class(pod)),
+        qos_class: Some(
+            qos_class(&pod.spec.clone().unwrap_or_default())
+                .as_str()
+                .into(),
+        ),
         ..Default::default()
     }
 }
@@ -1234,42 +1239,6 @@ pub async fn add_sandbox_ips(runtime: &dyn Runtime, uid: &str, status: &mut PodS
     ips.extend(net.additional_ips.into_iter().map(|i| i.ip));
     status.pod_ip = Some(net.ip);
     status.pod_ips = Some(ips.into_iter().map(|ip| PodIP { ip }).collect());
-}
-
-/// Guaranteed, Burstable or BestEffort.
-pub fn qos_class(pod: &Pod) -> String {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let containers: Vec<Container> = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .cloned()
-        .collect();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in &containers {
-        let r = c.resources.clone().unwrap_or_default();
-        let limits = r.limits.unwrap_or_default();
-        let requests = r.requests.unwrap_or_default();
-        if !limits.is_empty() || !requests.is_empty() {
-            any = true;
-        }
-        for res in ["cpu", "memory"] {
-            let l = limits.get(res);
-            let q = requests.get(res).or(l);
-            if l.is_none() || q != l {
-                guaranteed = false;
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-    .into()
 }
 
 #[cfg(test)]

@@ -61,8 +61,8 @@ pub struct ServingTls {
     pub client_ca_pem: Vec<u8>,
 }
 
-/// Loads the configured serving certificate, or makes (once) a self-signed one under
-/// `<rootDir>/pki` for the node's name and IP.
+/// Loads the configured serving certificate, or keeps a self-signed one under `<rootDir>/pki`
+/// for the node's name and IP (made anew when missing, unusable or naming other addresses).
 pub fn serving_tls(settings: &crate::Settings) -> Result<ServingTls, AgentError> {
     let c = &settings.config;
     let read = |p: &Path| {
@@ -77,12 +77,16 @@ pub fn serving_tls(settings: &crate::Settings) -> Result<ServingTls, AgentError>
         (Some(cert), Some(key)) => (read(cert)?, read(key)?),
         _ => {
             let dir = c.root_dir.join("pki");
-            let cert = dir.join("agent.crt");
-            let key = dir.join("agent.key");
-            if !(cert.exists() && key.exists()) {
-                self_signed(settings, &dir, &cert, &key)?;
+            let pair = kinit_pki::keep_or_self_sign_serving_certificate(
+                &dir.join("agent.crt"),
+                &dir.join("agent.key"),
+                &self_signed_names(settings),
+            )
+            .map_err(|e| AgentError::Server(format!("serving certificate: {e}")))?;
+            if let Some(reason) = &pair.replaced {
+                tracing::info!(dir = %dir.display(), "wrote a self-signed serving certificate: the previous one {reason}");
             }
-            (read(&cert)?, read(&key)?)
+            (pair.cert_pem, pair.key_pem)
         }
     };
     Ok(ServingTls {
@@ -92,38 +96,14 @@ pub fn serving_tls(settings: &crate::Settings) -> Result<ServingTls, AgentError>
     })
 }
 
-fn self_signed(
-    settings: &crate::Settings,
-    dir: &Path,
-    cert: &Path,
-    key: &Path,
-) -> Result<(), AgentError> {
+/// The names a self-signed serving certificate carries: node name, node IP and loopback.
+fn self_signed_names(settings: &crate::Settings) -> Vec<String> {
     let mut names = vec![settings.node_name.clone(), "localhost".to_string()];
     if let Some(ip) = settings.node_ip {
         names.push(ip.to_string());
     }
     names.push("127.0.0.1".into());
-    let generated = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| AgentError::Server(format!("generating a serving certificate: {e}")))?;
-    let err = |e: std::io::Error| AgentError::Server(format!("writing {}: {e}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(err)?;
-    std::fs::write(cert, generated.cert.pem()).map_err(err)?;
-    let tmp = key.with_extension("tmp");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        f.write_all(generated.signing_key.serialize_pem().as_bytes())
-            .map_err(err)?;
-    }
-    std::fs::rename(&tmp, key).map_err(err)?;
-    Ok(())
+    names
 }
 
 fn tls_config(tls: &ServingTls) -> Result<rustls::ServerConfig, AgentError> {
@@ -263,35 +243,12 @@ fn query(req: &Request<Incoming>) -> HashMap<String, Vec<String>> {
     out
 }
 
+/// The `application/x-www-form-urlencoded` pairs of a query string, decoded (`+` is a space,
+/// bad escapes stay as they are, invalid UTF-8 becomes U+FFFD); never panics.
 fn url_pairs(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
+    form_urlencoded::parse(q.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(b) => {
-                    out.push(b);
-                    i += 2;
-                }
-                Err(_) => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn flag(q: &HashMap<String, Vec<String>>, k: &str) -> bool {
@@ -927,6 +884,37 @@ mod tests {
     fn query_decoding() {
         let pairs = url_pairs("command=sh&command=-c&command=echo%20hi+there&tty=true");
         assert_eq!(pairs[2], ("command".into(), "echo hi there".into()));
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(url_pairs("k=%zz%4")[0].1, "%zz%4");
+    }
+
+    #[test]
+    fn percent_before_a_multibyte_character_does_not_panic() {
+        // Used to slice inside the two-byte 'é' and panic the connection's task.
+        assert_eq!(
+            url_pairs("container=%aé&follow=true"),
+            [
+                ("container".to_string(), "%aé".to_string()),
+                ("follow".to_string(), "true".to_string())
+            ]
+        );
+        assert_eq!(url_pairs("%€x")[0].0, "%€x");
+        assert_eq!(url_pairs("a=%C3%A9")[0].1, "é");
+        assert_eq!(url_pairs("a=%FF")[0].1, "\u{FFFD}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn query_decoding_never_panics(q in "(\\PC|%|&|=|\\+){0,64}") {
+            let pairs = url_pairs(&q);
+            proptest::prop_assert!(pairs.len() <= q.split('&').count());
+        }
+
+        #[test]
+        fn encoded_pairs_round_trip(k in "\\PC{1,16}", v in "\\PC{0,16}") {
+            let q: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair(&k, &v)
+                .finish();
+            proptest::prop_assert_eq!(url_pairs(&q), vec![(k, v)]);
+        }
     }
 }

@@ -12,12 +12,12 @@ use k8s_cri::v1::{
 use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::config::{CgroupDriver, Settings};
-use crate::quantity;
 use crate::runtime::{
     LABEL_CONTAINER_NAME, LABEL_NODE, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
 };
 use crate::volumes::HostVolume;
 use crate::AgentError;
+use kinit_rules::quantity;
 
 /// Annotation carrying the restart count on containers.
 pub const ANNOTATION_RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
@@ -305,12 +305,12 @@ pub fn linux_resources(container: &Container) -> LinuxContainerResources {
     let get =
         |m: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
          k: &str| m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone());
-    let cpu_limit = get(&r.limits, "cpu").and_then(|q| quantity::cpu_millis(&q));
+    let cpu_limit = get(&r.limits, "cpu").and_then(|q| quantity::parse_milli_value(&q));
     // Requests default to limits, like the API server's defaulting.
     let cpu_request = get(&r.requests, "cpu")
-        .and_then(|q| quantity::cpu_millis(&q))
+        .and_then(|q| quantity::parse_milli_value(&q))
         .or(cpu_limit);
-    let mem_limit = get(&r.limits, "memory").and_then(|q| quantity::bytes(&q));
+    let mem_limit = get(&r.limits, "memory").and_then(|q| quantity::parse_value(&q));
     const PERIOD: i64 = 100_000;
     LinuxContainerResources {
         cpu_period: if cpu_limit.is_some() { PERIOD } else { 0 },

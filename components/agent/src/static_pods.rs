@@ -3,6 +3,7 @@
 //! is reachable each gets a mirror pod (annotation `kubernetes.io/config.mirror`, owned by the
 //! Node) that shows its status; a changed manifest gets a new uid, so the pod restarts.
 
+use kinit_rules::errors::{is_conflict, is_not_found};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -246,7 +247,7 @@ pub async fn sync_mirrors(
                     }
                 }
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) if is_conflict(&e) => {}
             Err(e) => {
                 return Err(AgentError::api(
                     &format!("creating mirror pod {ns}/{name}"),
@@ -277,7 +278,7 @@ async fn delete_now(api: &Api<Pod>, name: &str) -> Result<(), AgentError> {
         .await
     {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
         Err(e) => Err(AgentError::api(&format!("deleting mirror pod {name}"), e)),
     }
 }

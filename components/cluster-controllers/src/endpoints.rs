@@ -27,7 +27,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
-use crate::util::{controller_ref, is_not_found, selector_matches, selector_string};
+use crate::util::{controller_reference_to, is_not_found, selector_matches, selector_string};
 use crate::{ClusterControllerError, ReconcileError};
 
 /// Label naming the Service of an EndpointSlice.
@@ -256,7 +256,7 @@ pub fn build_slices(service: &Service, pods: &[Pod]) -> Vec<EndpointSlice> {
     let mut labels: BTreeMap<String, String> = service.labels().clone();
     labels.insert(SERVICE_NAME_LABEL.into(), service_name.clone());
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
-    let owner = controller_ref(service);
+    let owner = controller_reference_to(service);
     let mut out = Vec::new();
     for ((family, ports), endpoints) in groups {
         let slice_ports: Vec<SlicePort> = ports
@@ -277,7 +277,7 @@ pub fn build_slices(service: &Service, pods: &[Pod]) -> Vec<EndpointSlice> {
                     generate_name: Some(format!("{service_name}-")),
                     namespace: service.namespace(),
                     labels: Some(labels.clone()),
-                    owner_references: owner.clone().map(|o| vec![o]),
+                    owner_references: Some(vec![owner.clone()]),
                     ..ObjectMeta::default()
                 },
                 address_type: family.clone(),
@@ -341,7 +341,7 @@ async fn sync_endpoints(
     let subsets = build_subsets(service, pods);
     let subsets = (!subsets.is_empty()).then_some(subsets);
     let labels = service.labels().clone();
-    let owner = controller_ref(service).map(|o| vec![o]);
+    let owner = Some(vec![controller_reference_to(service)]);
     let what = format!("endpoints {ns}/{name}");
     match api
         .get_opt(&name)

@@ -294,52 +294,11 @@ pub async fn run(
 
 /// Shared helpers.
 pub(crate) mod util {
-    use std::collections::BTreeMap;
-
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-    use kube::Resource;
-
-    /// A `key=value,…` label selector string from a map selector.
-    pub fn selector_string(selector: &BTreeMap<String, String>) -> String {
-        selector
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// Whether `labels` contain every pair of `selector` (a Service selector).
-    pub fn selector_matches(
-        selector: &BTreeMap<String, String>,
-        labels: Option<&BTreeMap<String, String>>,
-    ) -> bool {
-        let empty = BTreeMap::new();
-        let labels = labels.unwrap_or(&empty);
-        selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-    }
-
-    /// A controller owner reference to `owner`.
-    pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Option<OwnerReference> {
-        let meta = owner.meta();
-        Some(OwnerReference {
-            api_version: K::api_version(&()).into_owned(),
-            kind: K::kind(&()).into_owned(),
-            name: meta.name.clone()?,
-            uid: meta.uid.clone()?,
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        })
-    }
-
-    /// `true` when the error is a 404.
-    pub fn is_not_found(e: &kube::Error) -> bool {
-        matches!(e, kube::Error::Api(s) if s.code == 404)
-    }
-
-    /// `true` when the error is a 409.
-    pub fn is_conflict(e: &kube::Error) -> bool {
-        matches!(e, kube::Error::Api(s) if s.code == 409)
-    }
+    pub use kinit_rules::errors::{is_conflict, is_not_found};
+    pub use kinit_rules::labels::{
+        map_selector_matches as selector_matches, map_selector_string as selector_string,
+    };
+    pub use kinit_rules::owners::controller_reference_to;
 
     /// RFC 3339 time now, as k8s-openapi's Time.
     pub fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {

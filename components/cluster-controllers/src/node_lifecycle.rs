@@ -142,23 +142,6 @@ pub fn desired_taints(current: &[Taint], health: Health, now: Time) -> Vec<Taint
     out
 }
 
-fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = t.effect.as_deref().filter(|e| !e.is_empty()) {
-        if effect != taint.effect {
-            return false;
-        }
-    }
-    let op = t.operator.as_deref().unwrap_or("Equal");
-    match t.key.as_deref().filter(|k| !k.is_empty()) {
-        None => op == "Exists",
-        Some(k) if k != taint.key => false,
-        Some(_) => {
-            op == "Exists"
-                || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-    }
-}
-
 /// When a pod must leave a node with `taints`: `None` = never (all NoExecute taints tolerated
 /// forever, or none present); otherwise the time (possibly in the past). A taint no toleration
 /// matches uses `default_timeout` counted from the taint's timeAdded.
@@ -176,8 +159,10 @@ pub fn eviction_time(
     let mut when: Option<SystemTime> = None;
     for taint in taints.iter().filter(|t| t.effect == "NoExecute") {
         let since = taint.time_added.as_ref().map(ts).unwrap_or(now);
-        let matching: Vec<&Toleration> =
-            tolerations.iter().filter(|t| tolerates(t, taint)).collect();
+        let matching: Vec<&Toleration> = tolerations
+            .iter()
+            .filter(|t| kinit_rules::tolerations::tolerates(t, taint))
+            .collect();
         let delay = if matching.is_empty() {
             Some(default_timeout)
         } else if matching.iter().any(|t| t.toleration_seconds.is_none()) {

@@ -23,7 +23,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use crate::util::{is_not_found, now};
+use crate::util::{is_conflict, is_not_found, now};
 use crate::{ClusterControllerError, ReconcileError};
 
 /// Reason of the `DisruptionTarget` condition set on pods of deleted nodes.
@@ -248,7 +248,7 @@ async fn collect(ctx: &Ctx, item: &Collect) -> Result<(), ReconcileError> {
         }
         // Gone already, or replaced by a pod of the same name (UID precondition).
         Err(e) if is_not_found(&e) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) if is_conflict(&e) => Ok(()),
         Err(e) => Err(ReconcileError::Kube {
             action: format!("deleting pod {what}"),
             source: e,

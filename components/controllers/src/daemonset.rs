@@ -14,9 +14,10 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
-    PodTemplateSpec, Taint, Toleration,
+    PodTemplateSpec, Toleration,
 };
 use k8s_openapi::jiff::Timestamp;
+use kinit_rules::{node_affinity, tolerations};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -24,12 +25,13 @@ use kube::runtime::watcher;
 use kube::Client;
 use serde_json::json;
 
-use crate::error::{is_not_found, ReconcileError};
+use crate::error::ReconcileError;
 use crate::expectations::Expectations;
 use crate::informer::{Change, Informer};
 use crate::manage::{create_pods, delete_pods};
 use crate::pods::{self, key};
 use crate::rollout;
+use kinit_rules::errors::is_not_found;
 
 /// Label with the hash of the template a daemon pod was made from.
 pub const REVISION_HASH: &str = "controller-revision-hash";
@@ -130,105 +132,26 @@ pub fn default_tolerations(host_network: bool) -> Vec<Toleration> {
     t
 }
 
-/// `Toleration.ToleratesTaint`.
-pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if let Some(e) = t.effect.as_deref().filter(|e| !e.is_empty()) {
-        if e != taint.effect {
-            return false;
-        }
-    }
-    let key = t.key.as_deref().unwrap_or_default();
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match t.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" | "" => {
-            t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default()
-        }
-        _ => false,
-    }
-}
-
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = r.values.clone().unwrap_or_default();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| v.parse::<i64>().ok()),
-                values.first().and_then(|b| b.parse::<i64>().ok()),
-            ) else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-/// Whether one of the required node-affinity terms matches `node` (no terms: true).
-pub fn node_selector_matches(sel: &NodeSelector, node: &Node) -> bool {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let name = node.metadata.name.clone();
-    sel.node_selector_terms.iter().any(|term| {
-        let exprs = term.match_expressions.as_deref().unwrap_or_default();
-        let fields = term.match_fields.as_deref().unwrap_or_default();
-        if exprs.is_empty() && fields.is_empty() {
-            return false;
-        }
-        exprs
-            .iter()
-            .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
-            && fields.iter().all(|r| {
-                let v = (r.key == "metadata.name")
-                    .then_some(name.as_deref())
-                    .flatten();
-                requirement_matches(r, v)
-            })
-    })
-}
-
 /// Whether a daemon pod from `template` should run on `node` (`NodeShouldRunDaemonPod`).
 pub fn should_run(template: &PodTemplateSpec, node: &Node) -> bool {
     let spec = template.spec.clone().unwrap_or_default();
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    if let Some(sel) = &spec.node_selector {
-        if !sel.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-            return false;
-        }
-    }
-    if let Some(required) = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| {
-            n.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
-    {
-        if !node_selector_matches(required, node) {
-            return false;
-        }
+    if !node_affinity::matches_selector_and_required_affinity(
+        spec.node_selector.as_ref(),
+        spec.affinity
+            .as_ref()
+            .and_then(|a| a.node_affinity.as_ref()),
+        node,
+    ) {
+        return false;
     }
     let mut tolerations = spec.tolerations.clone().unwrap_or_default();
     tolerations.extend(default_tolerations(spec.host_network == Some(true)));
     let taints = node
         .spec
         .as_ref()
-        .and_then(|s| s.taints.clone())
+        .and_then(|s| s.taints.as_deref())
         .unwrap_or_default();
-    taints
-        .iter()
-        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .all(|taint| tolerations.iter().any(|t| tolerates(t, taint)))
+    tolerations::first_untolerated(&tolerations, taints, tolerations::is_hard).is_none()
 }
 
 /// The pod template for `node`: default tolerations added and required node affinity replaced
@@ -492,7 +415,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeSpec, PodSpec};
+    use k8s_openapi::api::core::v1::{NodeSpec, PodSpec, Taint};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn node(name: &str, labels: &[(&str, &str)], taints: Vec<Taint>, unschedulable: bool) -> Node {
@@ -613,25 +536,5 @@ mod tests {
         let other = node("node-8", &[], vec![], false);
         assert!(should_run(&t, &n));
         assert!(!should_run(&t, &other));
-    }
-
-    #[test]
-    fn toleration_operators() {
-        let t = Toleration {
-            key: Some("k".into()),
-            operator: Some("Equal".into()),
-            value: Some("v".into()),
-            effect: None,
-            toleration_seconds: None,
-        };
-        let mut taint = taint("k", "NoSchedule");
-        assert!(!tolerates(&t, &taint));
-        taint.value = Some("v".into());
-        assert!(tolerates(&t, &taint));
-        let wildcard = Toleration {
-            operator: Some("Exists".into()),
-            ..Default::default()
-        };
-        assert!(tolerates(&wildcard, &taint));
     }
 }

@@ -87,12 +87,4 @@ impl ReconcileError {
     }
 }
 
-/// True when `e` is an API 404.
-pub fn is_not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
-}
-
-/// True when `e` is an API 409 (conflict or already exists).
-pub fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
-}
+pub use kinit_rules::errors::{is_conflict, is_not_found};

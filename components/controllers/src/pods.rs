@@ -6,12 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    LabelSelector, ObjectMeta, OwnerReference, Time,
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::core::{Selector, SelectorExt};
-use kube::Resource;
 
 /// `namespace/name`, the key of expectations and logs.
 pub fn key(meta: &ObjectMeta) -> String {
@@ -22,46 +18,10 @@ pub fn key(meta: &ObjectMeta) -> String {
     )
 }
 
-/// The owner reference with `controller: true`, if any.
-pub fn controller_ref(meta: &ObjectMeta) -> Option<&OwnerReference> {
-    meta.owner_references
-        .as_ref()?
-        .iter()
-        .find(|r| r.controller == Some(true))
-}
-
-/// A controller owner reference to `owner` (`controller` and `blockOwnerDeletion` true).
-pub fn owner_ref_to<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
-    OwnerReference {
-        api_version: K::api_version(&()).into_owned(),
-        kind: K::kind(&()).into_owned(),
-        name: owner.meta().name.clone().unwrap_or_default(),
-        uid: owner.meta().uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
-/// True when `meta` is controlled by the object with `uid`.
-pub fn is_controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
-    controller_ref(meta).is_some_and(|r| r.uid == uid)
-}
-
-/// Whether `selector` matches `labels`. A missing selector matches nothing, an empty one
-/// everything, as in Kubernetes' `LabelSelectorAsSelector`.
-pub fn selector_matches(
-    selector: Option<&LabelSelector>,
-    labels: Option<&BTreeMap<String, String>>,
-) -> bool {
-    let Some(selector) = selector else {
-        return false;
-    };
-    let Ok(sel) = Selector::try_from(selector.clone()) else {
-        return false;
-    };
-    let empty = BTreeMap::new();
-    sel.matches(labels.unwrap_or(&empty))
-}
+pub use kinit_rules::labels::selector_matches;
+pub use kinit_rules::owners::{
+    controller_ref, controller_reference_to as owner_ref_to, is_controlled_by,
+};
 
 /// The pod's phase, `Pending` when unset.
 pub fn phase(pod: &Pod) -> &str {
@@ -320,21 +280,5 @@ pub(crate) mod tests {
         assert!(is_available(&p, 30, at(140)));
         let q = pod("q", Some("n"), "Running", false, 100);
         assert_eq!(available_in(&q, 0, at(500)), None);
-    }
-
-    #[test]
-    fn selectors_follow_kubernetes_nil_and_empty_rules() {
-        let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
-        assert!(!selector_matches(None, Some(&labels)));
-        assert!(selector_matches(
-            Some(&LabelSelector::default()),
-            Some(&labels)
-        ));
-        let sel = LabelSelector {
-            match_labels: Some(labels.clone()),
-            ..Default::default()
-        };
-        assert!(selector_matches(Some(&sel), Some(&labels)));
-        assert!(!selector_matches(Some(&sel), None));
     }
 }

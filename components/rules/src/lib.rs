@@ -1,8 +1,26 @@
-//! Kubernetes rules that several components apply to the same objects — the service proxy, the
-//! cluster DNS, the agent's service environment variables, the EndpointSlice controller — kept
-//! in one place so they cannot come to disagree.
+//! Kubernetes rules that several components apply to the same objects, kept in one place so
+//! they cannot come to disagree: Services and EndpointSlices (the service proxy, the cluster
+//! DNS, the agent's service environment variables, the EndpointSlice controller) here at the
+//! top, and per topic:
+//!
+//! - [`tolerations`]: whether tolerations tolerate taints (scheduler, DaemonSet controller,
+//!   taint eviction);
+//! - [`node_affinity`]: `nodeSelector` and required node affinity against a node;
+//! - [`labels`]: label selectors and Service map selectors;
+//! - [`qos`]: a pod's QoS class;
+//! - [`owners`]: controller references;
+//! - [`quantity`]: resource quantities as exact integers;
+//! - [`errors`]: not-found and conflict answers of the API server.
 
 #![warn(missing_docs)]
+
+pub mod errors;
+pub mod labels;
+pub mod node_affinity;
+pub mod owners;
+pub mod qos;
+pub mod quantity;
+pub mod tolerations;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::Endpoint;

@@ -1,6 +1,7 @@
 //! What the scheduler writes besides bindings: core/v1 Events (`Scheduled`, `FailedScheduling`)
 //! and the pod's `PodScheduled` condition, so `kubectl describe pod` explains a Pending pod.
 
+use kinit_rules::errors::is_not_found;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -80,7 +81,7 @@ impl Recorder {
                         .insert(series_key, (event_name, count + 1));
                     return Ok(());
                 }
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -183,7 +184,7 @@ pub async fn mark_unschedulable(
     {
         Ok(_) => Ok(()),
         // Deleted in the meantime: nothing to explain any more.
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
         Err(e) => Err(e),
     }
 }

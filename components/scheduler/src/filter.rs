@@ -1,9 +1,8 @@
 //! Filters: whether a pod may run on a node at all. Each returns the reasons it failed, worded
 //! like kube-scheduler's plugins so `kubectl describe pod` reads the same.
 
-use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration,
-};
+use k8s_openapi::api::core::v1::{Node, Taint};
+pub use kinit_rules::tolerations::{tolerated, tolerates};
 
 use crate::node_info::{NodeInfo, PodInfo};
 
@@ -89,34 +88,6 @@ pub fn node_ready(pod: &PodInfo, node: &Node) -> Option<String> {
     (!is_ready(node) && !tolerated(&pod.tolerations, &taint)).then(|| REASON_NOT_READY.into())
 }
 
-/// Whether `toleration` tolerates `taint` (Kubernetes' `ToleratesTaint`).
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    let effect_ok = toleration
-        .effect
-        .as_deref()
-        .is_none_or(|e| e.is_empty() || e == taint.effect);
-    if !effect_ok {
-        return false;
-    }
-    let key = toleration.key.as_deref().unwrap_or("");
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match toleration.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" | "" => {
-            !key.is_empty()
-                && toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-        _ => false,
-    }
-}
-
-/// Whether any of `tolerations` tolerates `taint`.
-pub fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
-    tolerations.iter().any(|t| tolerates(t, taint))
-}
-
 /// The node's taints.
 pub fn taints(node: &Node) -> &[Taint] {
     node.spec
@@ -128,17 +99,18 @@ pub fn taints(node: &Node) -> &[Taint] {
 /// The first `NoSchedule`/`NoExecute` taint the pod does not tolerate, as
 /// `node(s) had untolerated taint {key: value}`.
 pub fn taint_toleration(pod: &PodInfo, node: &Node) -> Option<String> {
-    taints(node)
-        .iter()
-        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .find(|t| !tolerated(&pod.tolerations, t))
-        .map(|t| {
-            format!(
-                "node(s) had untolerated taint {{{}: {}}}",
-                t.key,
-                t.value.as_deref().unwrap_or("")
-            )
-        })
+    kinit_rules::tolerations::first_untolerated(
+        &pod.tolerations,
+        taints(node),
+        kinit_rules::tolerations::is_hard,
+    )
+    .map(|t| {
+        format!(
+            "node(s) had untolerated taint {{{}: {}}}",
+            t.key,
+            t.value.as_deref().unwrap_or("")
+        )
+    })
 }
 
 /// `spec.nodeSelector` labels and the required node affinity terms must match the node.
@@ -149,72 +121,11 @@ pub fn node_affinity(pod: &PodInfo, node: &Node) -> Option<String> {
 /// Whether the node satisfies the pod's `nodeSelector` and
 /// `requiredDuringSchedulingIgnoredDuringExecution` node affinity.
 pub fn matches_selector_and_required_affinity(pod: &PodInfo, node: &Node) -> bool {
-    let labels = node.metadata.labels.as_ref();
-    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
-    if !pod
-        .node_selector
-        .iter()
-        .all(|(k, v)| label(k) == Some(v.as_str()))
-    {
-        return false;
-    }
-    match pod.node_affinity.as_ref().and_then(|a| {
-        a.required_during_scheduling_ignored_during_execution
-            .as_ref()
-    }) {
-        // Terms are ORed; an empty list matches nothing, like Kubernetes.
-        Some(required) => required
-            .node_selector_terms
-            .iter()
-            .any(|t| term_matches(t, node)),
-        None => true,
-    }
-}
-
-/// Whether a node selector term matches: all `matchExpressions` (labels) and all `matchFields`
-/// (only `metadata.name`) hold. A term with neither matches no node.
-pub fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or(&[]);
-    let fields = term.match_fields.as_deref().unwrap_or(&[]);
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    let labels = node.metadata.labels.as_ref();
-    let name = node.metadata.name.as_deref().unwrap_or("");
-    exprs
-        .iter()
-        .all(|r| requirement_matches(r, labels.and_then(|l| l.get(&r.key)).map(String::as_str)))
-        && fields.iter().all(|r| {
-            r.key == "metadata.name"
-                && matches!(r.operator.as_str(), "In" | "NotIn")
-                && requirement_matches(r, Some(name))
-        })
-}
-
-/// One requirement against the value of its key on the node (`None` when the label is absent).
-pub fn requirement_matches(req: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = req.values.as_deref().unwrap_or(&[]);
-    let number = |s: &str| s.parse::<i64>().ok();
-    match req.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| values.iter().all(|x| x != v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), [bound]) = (value.and_then(number), values) else {
-                return false;
-            };
-            let Some(bound) = number(bound) else {
-                return false;
-            };
-            if req.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
+    kinit_rules::node_affinity::matches_selector_and_required_affinity(
+        Some(&pod.node_selector),
+        pod.node_affinity.as_ref(),
+        node,
+    )
 }
 
 /// Host ports the pod wants must be free on the node.
@@ -320,40 +231,6 @@ mod tests {
             node_ready(&info(&pod("p").build()), &node("m").build()),
             None
         );
-    }
-
-    #[test]
-    fn toleration_matching_rules() {
-        let taint = Taint {
-            key: "k".into(),
-            value: Some("v".into()),
-            effect: "NoSchedule".into(),
-            ..Default::default()
-        };
-        let t = |v: serde_json::Value| -> Toleration { serde_json::from_value(v).unwrap() };
-        assert!(tolerates(&t(json!({"key": "k", "value": "v"})), &taint));
-        assert!(tolerates(
-            &t(json!({"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"})),
-            &taint
-        ));
-        assert!(!tolerates(&t(json!({"key": "k", "value": "w"})), &taint));
-        assert!(tolerates(
-            &t(json!({"key": "k", "operator": "Exists"})),
-            &taint
-        ));
-        assert!(tolerates(&t(json!({"operator": "Exists"})), &taint));
-        assert!(!tolerates(
-            &t(json!({"key": "k", "operator": "Exists", "effect": "NoExecute"})),
-            &taint
-        ));
-        assert!(
-            !tolerates(&t(json!({"value": "v"})), &taint),
-            "empty key needs Exists"
-        );
-        assert!(!tolerates(
-            &t(json!({"key": "other", "operator": "Exists"})),
-            &taint
-        ));
     }
 
     #[test]

@@ -87,12 +87,7 @@ impl PodInfo {
             nonzero_cpu: nonzero.milli_cpu,
             nonzero_memory: nonzero.memory,
             ports,
-            owner_uid: meta
-                .owner_references
-                .iter()
-                .flatten()
-                .find(|o| o.controller == Some(true))
-                .map(|o| o.uid.clone()),
+            owner_uid: kinit_rules::owners::controller_ref(meta).map(|o| o.uid.clone()),
             node_name: spec.node_name.clone().filter(|n| !n.is_empty()),
             node_selector: spec.node_selector.clone().unwrap_or_default(),
             node_affinity: spec.affinity.and_then(|a| a.node_affinity),

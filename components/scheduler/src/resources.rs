@@ -1,8 +1,7 @@
 //! Resource quantities and the requests a pod adds to a node, with Kubernetes' rules.
 //!
-//! k8s-openapi's `Quantity` is an opaque string and none of the workspace's crates parse it, so
-//! the small parser below implements the API's quantity grammar (decimal/binary SI suffixes and
-//! exponents), rounding up like `Quantity.MilliValue()` / `Value()`.
+//! Quantities are parsed exactly by `kinit_rules::quantity` (shared with the agent), rounding up
+//! like `Quantity.MilliValue()` / `Value()`.
 
 use std::collections::BTreeMap;
 
@@ -23,77 +22,7 @@ pub const DEFAULT_MILLI_CPU_REQUEST: i64 = 100;
 /// Memory assumed for a container without a memory request when scoring (200Mi).
 pub const DEFAULT_MEMORY_REQUEST: i64 = 200 * 1024 * 1024;
 
-/// Parses a Kubernetes quantity ("100m", "1.5", "128Mi", "1e3", "2k") into thousandths of a
-/// unit, rounded up. `None` when the string is not a valid quantity or overflows.
-pub fn parse_milli(s: &str) -> Option<i128> {
-    let s = s.trim();
-    let (negative, s) = match s.as_bytes().first()? {
-        b'-' => (true, &s[1..]),
-        b'+' => (false, &s[1..]),
-        _ => (false, s),
-    };
-    let num_end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, suffix) = s.split_at(num_end);
-    if number.is_empty() || number == "." || number.matches('.').count() > 1 {
-        return None;
-    }
-    let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
-    let digits = format!("{int_part}{frac_part}");
-    let mantissa: i128 = digits.parse().ok()?;
-    let (exp10, exp2): (i32, u32) = match suffix {
-        "" => (0, 0),
-        "n" => (-9, 0),
-        "u" => (-6, 0),
-        "m" => (-3, 0),
-        "k" => (3, 0),
-        "M" => (6, 0),
-        "G" => (9, 0),
-        "T" => (12, 0),
-        "P" => (15, 0),
-        "E" => (18, 0),
-        "Ki" => (0, 10),
-        "Mi" => (0, 20),
-        "Gi" => (0, 30),
-        "Ti" => (0, 40),
-        "Pi" => (0, 50),
-        "Ei" => (0, 60),
-        other => {
-            let exp = other
-                .strip_prefix('e')
-                .or_else(|| other.strip_prefix('E'))?;
-            (exp.parse::<i32>().ok()?, 0)
-        }
-    };
-    // value * 1000 = mantissa * 10^(exp10 + 3 - frac digits) * 2^exp2
-    let scale = exp10 + 3 - frac_part.len() as i32;
-    let mut value = mantissa.checked_mul(1i128.checked_shl(exp2)?)?;
-    if scale >= 0 {
-        value = value.checked_mul(10i128.checked_pow(scale as u32)?)?;
-    } else {
-        let div = 10i128.checked_pow(scale.unsigned_abs())?;
-        value = (value + div - 1) / div;
-    }
-    Some(if negative { -value } else { value })
-}
-
-/// The milli-value of a quantity; invalid quantities count as 0 (the API server validates them).
-pub fn milli_value(q: &Quantity) -> i64 {
-    parse_milli(&q.0)
-        .map(|v| v.clamp(i64::MIN as i128, i64::MAX as i128) as i64)
-        .unwrap_or(0)
-}
-
-/// The integer value of a quantity, rounded up (e.g. bytes of memory).
-pub fn value(q: &Quantity) -> i64 {
-    parse_milli(&q.0)
-        .map(|v| {
-            let v = if v >= 0 { (v + 999) / 1000 } else { v / 1000 };
-            v.clamp(i64::MIN as i128, i64::MAX as i128) as i64
-        })
-        .unwrap_or(0)
-}
+pub use kinit_rules::quantity::{milli_value, parse_milli, value};
 
 /// An amount of each resource: CPU in millicores, everything else in whole units (bytes, …).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -230,35 +159,6 @@ mod tests {
 
     fn q(s: &str) -> Quantity {
         Quantity(s.to_string())
-    }
-
-    #[test]
-    fn parses_quantities_like_the_api() {
-        assert_eq!(parse_milli("100m"), Some(100));
-        assert_eq!(parse_milli("1"), Some(1000));
-        assert_eq!(parse_milli("0.5"), Some(500));
-        assert_eq!(parse_milli("1.5"), Some(1500));
-        assert_eq!(parse_milli("2k"), Some(2_000_000));
-        assert_eq!(parse_milli("1Ki"), Some(1_024_000));
-        assert_eq!(parse_milli("128Mi"), Some(128 * 1024 * 1024 * 1000));
-        assert_eq!(parse_milli("1e3"), Some(1_000_000));
-        assert_eq!(parse_milli("1E3"), Some(1_000_000));
-        assert_eq!(parse_milli("1E"), Some(10i128.pow(21)));
-        assert_eq!(parse_milli("129e6"), Some(129_000_000_000));
-        assert_eq!(parse_milli("1n"), Some(1), "rounds up to one milli");
-        assert_eq!(parse_milli("-1"), Some(-1000));
-        assert_eq!(parse_milli(".5"), Some(500));
-        for bad in ["", "m", "1.2.3", "1Zi", "abc", "1e", "."] {
-            assert_eq!(parse_milli(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn value_rounds_up() {
-        assert_eq!(value(&q("1500m")), 2);
-        assert_eq!(value(&q("1Gi")), 1 << 30);
-        assert_eq!(milli_value(&q("250m")), 250);
-        assert_eq!(milli_value(&q("garbage")), 0);
     }
 
     fn container(name: &str, cpu: Option<&str>, mem: Option<&str>, always: bool) -> Container {

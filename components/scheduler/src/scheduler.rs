@@ -3,6 +3,7 @@
 //! bound through `pods/binding` in the background; pods that fit nowhere get a `FailedScheduling`
 //! event and `PodScheduled=False` and are retried after back-off when the cluster changes.
 
+use kinit_rules::errors::{is_conflict, is_not_found};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -305,9 +306,9 @@ impl Loop {
                     }
                 });
             }
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+            Err(e) if is_not_found(&e) || is_conflict(&e) => {
                 // deleted, or already bound (by another scheduler or a previous attempt)
-                tracing::info!(pod = %key, %node, reason = %s.message, "binding not needed any more");
+                tracing::info!(pod = %key, %node, reason = %e, "binding not needed any more");
                 self.cache.forget(&key);
                 self.queue.remove(&key);
             }

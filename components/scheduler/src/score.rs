@@ -1,8 +1,9 @@
 //! Scores: how good each feasible node is for a pod, 0–100 per plugin (kube-scheduler's
 //! `MaxNodeScore`), combined with kube-scheduler's default plugin weights.
 
-use crate::filter::{taints, term_matches, tolerated};
+use crate::filter::{taints, tolerated};
 use crate::node_info::{NodeInfo, PodInfo};
+use kinit_rules::node_affinity::term_matches;
 
 /// Highest score one plugin gives a node.
 pub const MAX_NODE_SCORE: i64 = 100;
