@@ -1,4 +1,5 @@
-//! Converging many hosts at once: observe each host, plan its phases, run them, with bounded
+//! Converging many hosts at once: observe each host with every host phase
+//! ([`crate::phases::host_phases`]), run the selected phases that have work, with bounded
 //! parallelism and one progress bar per host. A host's failure is reported with its name and
 //! phase and does not stop the other hosts.
 
@@ -8,7 +9,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kinit_executor::{run_on_all, Host};
 use serde::Serialize;
 
-use crate::phases::{plan, run_phase, HostPlan, HostTarget, PhaseError, PhaseName};
+use crate::phases::{
+    plan_selected, run_phase, HostPlan, HostTarget, PhaseError, PhaseName, PhaseSelection,
+};
 
 /// The outcome on one host.
 #[derive(Debug, Serialize)]
@@ -73,6 +76,7 @@ async fn converge_one<H: Host>(
     host: &H,
     target: &HostTarget,
     options: ConvergeOptions,
+    selection: &PhaseSelection,
     run_id: &str,
     progress: ProgressBar,
 ) -> HostOutcome {
@@ -86,7 +90,7 @@ async fn converge_one<H: Host>(
     };
     progress.set_message("observing");
     let result: Result<(), PhaseError> = async {
-        let host_plan = plan(host, target).await?;
+        let host_plan = plan_selected(host, target, selection).await?;
         progress.set_length(host_plan.phases.len() as u64);
         outcome.plan = Some(host_plan.clone());
         if options.dry_run {
@@ -116,16 +120,27 @@ async fn converge_one<H: Host>(
     outcome
 }
 
-/// Observes and (unless dry-run) converges every `(host, target)` pair.
+/// Observes and (unless dry-run) converges every `(host, target)` pair with every phase.
 pub async fn converge<H: Host>(
     hosts: &[(H, HostTarget)],
     options: ConvergeOptions,
     run_id: &str,
 ) -> Vec<HostOutcome> {
+    converge_selected(hosts, options, &PhaseSelection::all(), run_id).await
+}
+
+/// Observes and (unless dry-run) converges every `(host, target)` pair, running only the
+/// phases `selection` includes (the others are observed and reported as skipped).
+pub async fn converge_selected<H: Host>(
+    hosts: &[(H, HostTarget)],
+    options: ConvergeOptions,
+    selection: &PhaseSelection,
+    run_id: &str,
+) -> Vec<HostOutcome> {
     let multi = MultiProgress::new();
     run_on_all(hosts, options.concurrency, |(host, target)| {
         let progress = bar(&multi, host.name(), options.progress);
-        converge_one(host, target, options, run_id, progress)
+        converge_one(host, target, options, selection, run_id, progress)
     })
     .await
 }

@@ -257,77 +257,23 @@ pub const AGENT_SERVING_CERT: &str = "/var/lib/kinit/agent/pki/agent.crt";
 /// The key of [`AGENT_SERVING_CERT`].
 pub const AGENT_SERVING_KEY: &str = "/var/lib/kinit/agent/pki/agent.key";
 
-/// Renew an agent serving certificate this long before it expires.
-const RENEW_BEFORE: time::Duration = time::Duration::days(30);
-
-/// Whether the PEM certificate `cert_pem` stays valid for 30 more days and, for each
-/// requirement given, was signed by `issuer_pem`, has common name `subject_cn` and names the IP
-/// `ip` among its SANs. Used to keep (rather than re-issue) certificates on re-runs.
-pub fn certificate_still_good(
-    cert_pem: &[u8],
-    issuer_pem: Option<&[u8]>,
-    subject_cn: Option<&str>,
-    ip: Option<std::net::IpAddr>,
-) -> bool {
-    let parse = |pem: &[u8]| Some(x509_parser::pem::parse_x509_pem(pem).ok()?.1.contents);
-    let Some(cert_der) = parse(cert_pem) else {
-        return false;
-    };
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&cert_der) else {
-        return false;
-    };
-    let fresh = cert.validity().not_after.timestamp()
-        > (time::OffsetDateTime::now_utc() + RENEW_BEFORE).unix_timestamp();
-    let signed = issuer_pem.is_none_or(|pem| {
-        parse(pem).is_some_and(|der| {
-            x509_parser::parse_x509_certificate(&der)
-                .is_ok_and(|(_, ca)| cert.verify_signature(Some(ca.public_key())).is_ok())
-        })
-    });
-    let cn_ok = subject_cn.is_none_or(|want| {
-        cert.subject()
-            .iter_common_name()
-            .any(|cn| cn.as_str() == Ok(want))
-    });
-    let ip_ok = ip.is_none_or(|ip| {
-        let octets = match ip {
-            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
-            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
-        };
-        cert.subject_alternative_name()
-            .ok()
-            .flatten()
-            .is_some_and(|san| {
-                san.value.general_names.iter().any(|n| {
-                    matches!(n, x509_parser::extensions::GeneralName::IPAddress(b) if *b == octets.as_slice())
-                })
-            })
-    });
-    fresh && signed && cn_ok && ip_ok
-}
-
-/// The agent serving certificate of `host` (SANs: node name and node IP) kept in `node_dir`,
-/// issued anew when missing, expiring within 30 days, or naming other SANs.
+/// The agent serving certificate of `host` (SANs: node IP and node name, signed by the
+/// cluster CA) kept in `node_dir`; the decision to keep or re-issue it is
+/// [`kinit_pki::keep_or_issue_serving_certificate`]'s.
 fn agent_serving_certificate(
     spec: &PkiSpec,
     host: &Host,
     node_dir: &Path,
 ) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
-    let cert_path = node_dir.join("agent.crt");
-    let key_path = node_dir.join("agent.key");
-    let ip = host.node_ip();
-    if let (Ok(cert), Ok(key)) = (fs::read(&cert_path), fs::read(&key_path)) {
-        if certificate_still_good(&cert, None, None, Some(ip)) {
-            return Ok((cert, key));
-        }
-    }
     let ca = kinit_pki::CertificateAuthority::load(&spec.pki_dir, CaKind::Kubernetes)
         .with_context(|| format!("cannot load the cluster CA from {}", spec.pki_dir.display()))?;
-    let issued = kinit_pki::issue_serving_certificate(
+    let pair = kinit_pki::keep_or_issue_serving_certificate(
         &ca,
+        &node_dir.join("agent.crt"),
+        &node_dir.join("agent.key"),
         &format!("system:node:{}", host.name),
         &[
-            kinit_pki::SubjectAltName::Ip(ip),
+            kinit_pki::SubjectAltName::Ip(host.node_ip()),
             kinit_pki::SubjectAltName::classify(&host.name),
         ],
         time::Duration::days(spec.leaf_validity_days.into()),
@@ -335,26 +281,12 @@ fn agent_serving_certificate(
     )
     .with_context(|| {
         format!(
-            "cannot issue the agent serving certificate of {}",
-            host.name
+            "cannot issue the agent serving certificate of {} in {}",
+            host.name,
+            node_dir.display()
         )
     })?;
-    {
-        // The key is created 0600 from the start: never readable by others, not even briefly.
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let _ = fs::remove_file(&key_path);
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key_path)
-            .and_then(|mut f| f.write_all(issued.key_pem.as_bytes()))
-            .with_context(|| format!("cannot write {}", key_path.display()))?;
-    }
-    fs::write(&cert_path, &issued.cert_pem)
-        .with_context(|| format!("cannot write {}", cert_path.display()))?;
-    Ok((issued.cert_pem.into_bytes(), issued.key_pem.into_bytes()))
+    Ok((pair.cert_pem, pair.key_pem))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `kinit join` on a new worker, kubeadm-style: discovery with a bootstrap token and the CA's
 //! public-key pin, TLS bootstrap of the node's client and serving certificates through CSRs the
-//! controller manager approves and signs, then the same phases `apply` runs, on this machine.
+//! controller manager approves and signs, then the same host phases `apply` runs, on this
+//! machine ([`join_this_machine`] is the whole workflow; `kinit join` parses and prints).
 //!
 //! Discovery never sends the token to an unverified server: the first TLS handshake only
 //! collects the server's chain (the API server sends its issuing CA), the CA is accepted when
@@ -30,8 +31,14 @@ use crate::bootstrap::{
     verify_detached_jws, CLUSTER_INFO_KUBECONFIG_KEY, CLUSTER_INFO_NAME, CLUSTER_INFO_NAMESPACE,
     JWS_KEY_PREFIX,
 };
+use anyhow::{bail, Context};
+use kinit_executor::LocalHost;
+
+use crate::bootstrap::NodeState;
 use crate::cluster::{self, ClusterDerived};
+use crate::converge::{converge_selected, run_id, ConvergeOptions};
 use crate::desired::{rendered_files, DesiredFile, AGENT_SERVING_CERT, AGENT_SERVING_KEY};
+use crate::phases::HostTarget;
 
 /// ConfigMap (in kube-system) with the cluster settings joining nodes render their files from.
 pub const CLUSTER_CONFIG_NAME: &str = "kinit-config";
@@ -378,7 +385,7 @@ pub struct Existing {
 /// Whether `cert_pem` was issued by `ca_pem`, is valid for 30 more days, and names `subject_cn`
 /// and (when given) the IP `ip` among its SANs.
 fn still_good(cert_pem: &str, ca_pem: &str, subject_cn: &str, ip: Option<IpAddr>) -> bool {
-    crate::desired::certificate_still_good(
+    kinit_pki::certificate_still_good(
         cert_pem.as_bytes(),
         Some(ca_pem.as_bytes()),
         Some(subject_cn),
@@ -655,6 +662,193 @@ pub fn worker_files(
     add(&mut files, AGENT_SERVING_KEY, 0o600, &boot.serving.1);
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
+}
+
+/// How `kinit join` runs on the machine that joins.
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    /// The API server endpoint, `host:port`.
+    pub endpoint: String,
+    /// Bootstrap token.
+    pub token: String,
+    /// Accepted `sha256:<hex>` pins of the cluster CA's public key.
+    pub ca_hashes: Vec<String>,
+    /// Node name [default: this machine's hostname].
+    pub node_name: Option<String>,
+    /// Node IP [default: the address this machine reaches the endpoint from].
+    pub node_ip: Option<IpAddr>,
+    /// The kinit binary to install [default: this program].
+    pub binary: Option<std::path::PathBuf>,
+    /// Take over the name of a Ready Node at another address.
+    pub force: bool,
+    /// Skip the preflight checks on a machine kinit has not installed yet.
+    pub skip_preflight: bool,
+    /// How long to wait for each certificate, the pod CIDR and the node to be Ready.
+    pub wait_timeout: Duration,
+    /// The host phases to run (the cluster phases are `apply`'s).
+    pub phases: crate::phases::PhaseSelection,
+    /// Receives notes for the user (`note: …`).
+    pub notify: fn(&str),
+}
+
+/// What `kinit join` reports.
+#[derive(Debug, serde::Serialize)]
+pub struct JoinReport {
+    /// The node's name.
+    pub node: String,
+    /// Its IP.
+    pub node_ip: IpAddr,
+    /// The API server it joined.
+    pub server: String,
+    /// Its pod range.
+    pub pod_cidr: String,
+    /// Titles of the host phases that ran.
+    pub phases: Vec<String>,
+    /// The node's state at the end.
+    pub state: NodeState,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// The local address the kernel would use towards `endpoint` (a connected UDP socket sends
+/// nothing).
+pub fn source_ip(endpoint: &str) -> anyhow::Result<IpAddr> {
+    use std::net::ToSocketAddrs;
+    let target = endpoint
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {endpoint}"))?
+        .next()
+        .with_context(|| format!("{endpoint} resolves to no address"))?;
+    let bind = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let socket = std::net::UdpSocket::bind(bind)?;
+    socket.connect(target)?;
+    Ok(socket.local_addr()?.ip())
+}
+
+/// Joins this machine as a worker: preflight (on a machine kinit has not installed), discovery
+/// of the cluster pinned to the CA hashes, TLS bootstrap of the node's certificates, the host
+/// phases on this machine, then a wait for the node to be Ready. `say` receives progress lines.
+pub async fn join_this_machine(
+    args: &JoinOptions,
+    say: &(dyn Fn(&str) + Send + Sync),
+) -> anyhow::Result<JoinReport> {
+    let started = Instant::now();
+    let timeout = args.wait_timeout;
+    let node = match &args.node_name {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("cannot read this machine's hostname; pass --node-name")?
+            .trim()
+            .to_lowercase(),
+    };
+    validate_node_name(&node).map_err(anyhow::Error::msg)?;
+    if std::path::Path::new("/etc/kubernetes/manifests/kube-apiserver.yaml").exists() {
+        bail!("this machine runs a kinit control plane; workers join, control planes are managed with `kinit apply` (or `kinit reset` it first)");
+    }
+    let ip = match args.node_ip {
+        Some(ip) => ip,
+        None => source_ip(&args.endpoint)?,
+    };
+    let local = LocalHost::new(&node);
+    let managed = std::path::Path::new(crate::sync::STATE_ROOT)
+        .join(crate::sync::MANAGED_LIST)
+        .exists();
+    if !managed && !args.skip_preflight {
+        say("preflight");
+        let roles = kinit_executor::preflight::HostRoles {
+            control_plane: false,
+            etcd: false,
+            worker: true,
+        };
+        let report = kinit_executor::preflight::check_host(
+            &local,
+            &roles,
+            &kinit_executor::preflight::PreflightOptions::default(),
+        )
+        .await;
+        if report.has_failures() {
+            let failed: Vec<String> = report
+                .checks
+                .iter()
+                .filter(|c| c.status == kinit_executor::preflight::CheckStatus::Fail)
+                .map(|c| {
+                    format!(
+                        "{}: {}{}",
+                        c.check,
+                        c.message,
+                        c.fix
+                            .as_deref()
+                            .map(|f| format!(" (fix: {f})"))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
+            bail!(
+                "preflight failed; fix these (or pass --skip-preflight) and re-run:\n  {}",
+                failed.join("\n  ")
+            );
+        }
+    }
+    say(&format!("discovering the cluster at {}", args.endpoint));
+    let (discovered, bootstrap) = discover(&args.endpoint, &args.token, &args.ca_hashes).await?;
+    say(&format!(
+        "cluster {:?}, API {}; requesting certificates for node {node} ({ip})",
+        discovered.cluster.cluster_name, discovered.server
+    ));
+    check_name_is_free(&bootstrap, &node, ip, args.force).await?;
+    let existing = existing_credentials(&discovered.ca_pem, &node, ip);
+    let boot = bootstrap_node(&bootstrap, &discovered, &node, ip, timeout, &existing).await?;
+    say(&format!("pod CIDR {}; installing", boot.pod_cidr));
+    let files = worker_files(&discovered, &node, ip, &boot)?;
+    let binary = crate::apply::load_binary(args.binary.as_deref())?;
+    let admin_box = crate::apply::admin_box_archive(
+        std::path::Path::new(kinit_images::admin_box::DEFAULT_BUSYBOX),
+        std::path::Path::new(crate::sync::STATE_ROOT),
+        args.notify,
+    )?;
+    let hosts = vec![(
+        local,
+        HostTarget {
+            binary,
+            files,
+            admin_box,
+        },
+    )];
+    let outcome = converge_selected(
+        &hosts,
+        ConvergeOptions {
+            concurrency: 1,
+            dry_run: false,
+            progress: false,
+        },
+        &args.phases,
+        &run_id(),
+    )
+    .await
+    .remove(0);
+    if let Some(e) = &outcome.error {
+        bail!("installing on {node} failed: {e}; fix it and run the same join again");
+    }
+    let phases = outcome.ran.iter().map(|p| p.title().to_string()).collect();
+    say("waiting for the node to be Ready");
+    let state =
+        crate::bootstrap::wait_for_nodes(&boot.client, std::slice::from_ref(&node), timeout)
+            .await?
+            .remove(&node)
+            .unwrap_or(NodeState::Missing);
+    Ok(JoinReport {
+        node,
+        node_ip: ip,
+        server: discovered.server,
+        pod_cidr: boot.pod_cidr.to_string(),
+        phases,
+        state,
+        seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    })
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
-//! The installer's library: how an inventory becomes files on hosts, and the helpers the `kinit`
-//! subcommands share. The binary (`main.rs`, `cmd/`) is the CLI around it.
+//! The installer's library: how an inventory becomes files on hosts, the phases that install
+//! hosts and bootstrap the cluster ([`phases`]), the `apply` and `join` workflows ([`apply`],
+//! [`join`]), and the helpers the `kinit` subcommands share. The binary (`main.rs`, `cmd/`) is
+//! the CLI around it: it parses flags and prints.
 
 pub mod addons;
+pub mod apply;
 pub mod bootstrap;
 pub mod client;
 pub mod cluster;

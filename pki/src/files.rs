@@ -29,8 +29,10 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), PkiError> {
 }
 
 /// Writes `contents` to `path` atomically: a temporary file in the same directory gets the final
-/// mode and contents, is flushed to disk, then renamed over `path`. Readers never see a partial file.
-pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+/// mode and contents, is flushed to disk, then renamed over `path`. Readers never see a partial
+/// file, and a key file (mode 0600) is never readable by others, not even briefly. Every key,
+/// certificate and kubeconfig kinit writes on the admin box or a node goes through here.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

@@ -1,4 +1,5 @@
-//! Choosing the hosts a command acts on: an inventory (optionally `--only` some hosts), one
+//! Choosing the hosts a command acts on: an inventory (optionally `--only` some hosts;
+//! `--only-hosts` for `apply` and `init`, whose `--only` picks phases), one
 //! `--host` over SSH, or `--local`; plus the SSH settings every such command shares.
 
 use std::path::{Path, PathBuf};
@@ -176,8 +177,18 @@ impl HostArgs {
 
     /// The hosts the flags select, in inventory order.
     pub fn select(&self, inventory: Option<&Inventory>) -> anyhow::Result<Vec<Selected>> {
+        self.select_as(inventory, "--only")
+    }
+
+    /// [`HostArgs::select`] for a command whose host filter is spelled `only_flag` (`apply`
+    /// and `init` use `--only` for phases and `--only-hosts` for hosts).
+    pub fn select_as(
+        &self,
+        inventory: Option<&Inventory>,
+        only_flag: &str,
+    ) -> anyhow::Result<Vec<Selected>> {
         if !self.only.is_empty() && inventory.is_none() {
-            bail!("--only picks hosts from an inventory; give one with -i FILE");
+            bail!("{only_flag} picks hosts from an inventory; give one with -i FILE");
         }
         if self.local {
             return Ok(vec![Selected {
@@ -198,7 +209,7 @@ impl HostArgs {
                             .map(|h| h.name.as_str())
                             .collect();
                         bail!(
-                            "--only {wanted}: no such host in {} (hosts: {})",
+                            "{only_flag} {wanted}: no such host in {} (hosts: {})",
                             path.display(),
                             names.join(", ")
                         );

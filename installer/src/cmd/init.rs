@@ -1,7 +1,8 @@
 //! `kinit init`: a one-host cluster — a control plane on `--host ADDRESS` over SSH, or on this
 //! machine with `--local` — then a bootstrap token and the `kinit join` command for workers.
-//! It is `apply` on a one-host inventory built from the flags (cluster settings from
-//! `--config`, an inventory file whose `spec.cluster` is used).
+//! It is the `apply` workflow ([`kinit::apply`]) on a one-host inventory built from the flags
+//! (cluster settings from `--config`, an inventory file whose `spec.cluster` is used), with the
+//! same `--only`/`--skip-phases`.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -19,12 +20,16 @@ use kinit_inventory::{ClusterConfig, Inventory, InventorySpec, Metadata, Role};
 use kube::api::PostParams;
 use serde::Serialize;
 
-use crate::cmd::apply::{apply, table as apply_table, ApplyReport, ApplySettings};
+use kinit::apply::{apply, ApplyReport};
+
+use crate::cmd::apply::{table as apply_table, with_entries, ApplySettings};
 use crate::cmd::hosts::{HostArgs, Selected};
 use crate::cmd::token::{generate_token, join_command, token_secret, Usage, DEFAULT_GROUP};
 
 /// `kinit init`.
 #[derive(Debug, Args)]
+// `--only` picks phases, as for `apply`.
+#[command(mut_arg("only", |a| a.long("only-hosts")))]
 pub struct InitArgs {
     #[command(flatten)]
     pub hosts: HostArgs,
@@ -177,14 +182,16 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
             entry: Some(inventory.spec.hosts[0].clone()),
         }]
     } else {
-        args.hosts.select(Some(&inventory))?
+        args.hosts.select_as(Some(&inventory), "--only-hosts")?
     };
+    let selected = with_entries(selected)?;
+    let options = args.settings.options(1)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let report = runtime.block_on(async {
-        let applied = apply(&args.settings, 1, &inventory, selected).await?;
+        let applied = apply(&options, &inventory, selected).await?;
         let join_command = if applied.ok() && !args.settings.dry_run {
             Some(join_line(&applied.admin_kubeconfig, args.token_ttl).await?)
         } else {

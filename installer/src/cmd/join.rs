@@ -1,23 +1,29 @@
 //! `kinit join ENDPOINT --token T --discovery-token-ca-cert-hash sha256:H`, run as root on the
-//! new worker: discovery, TLS bootstrap, then the installer's phases on this machine.
+//! new worker: discovery, TLS bootstrap, then the installer's host phases on this machine. The
+//! workflow is [`kinit::join::join_this_machine`]; this module parses the flags and prints.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+use clap::builder::PossibleValuesParser;
 use clap::Args;
 use kinit::bootstrap::NodeState;
-use kinit::converge::{converge, run_id, ConvergeOptions};
-use kinit::join::{
-    bootstrap_node, check_name_is_free, discover, existing_credentials, validate_node_name,
-    worker_files,
-};
+use kinit::join::{join_this_machine, JoinOptions, JoinReport};
 use kinit::output::{emit, OutputFormat};
-use kinit::phases::{Binary, HostTarget};
-use kinit_executor::LocalHost;
-use serde::Serialize;
+use kinit::phases::PhaseSelection;
+use kinit_executor::AnyHost;
+
+/// The host phases' names, for `--only`/`--skip-phases` (join runs no cluster phase).
+fn host_phase_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        kinit::phases::host_phases::<AnyHost>()
+            .into_iter()
+            .map(|p| p.name().as_str()),
+    )
+}
 
 /// `kinit join`.
 #[derive(Debug, Args)]
@@ -58,6 +64,14 @@ pub struct JoinArgs {
     #[arg(long)]
     pub skip_preflight: bool,
 
+    /// Run only these host phases (comma-separate or repeat).
+    #[arg(long = "only", value_name = "PHASE", value_delimiter = ',', value_parser = host_phase_names())]
+    pub only_phases: Vec<String>,
+
+    /// Run every host phase but these (comma-separate or repeat).
+    #[arg(long, value_name = "PHASE", value_delimiter = ',', value_parser = host_phase_names())]
+    pub skip_phases: Vec<String>,
+
     /// Seconds to wait for each certificate, the pod CIDR and the node to be Ready.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub wait_timeout: u64,
@@ -65,36 +79,6 @@ pub struct JoinArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: OutputFormat,
-}
-
-#[derive(Debug, Serialize)]
-struct JoinReport {
-    node: String,
-    node_ip: IpAddr,
-    server: String,
-    pod_cidr: String,
-    phases: Vec<String>,
-    state: NodeState,
-    seconds: f64,
-}
-
-/// The local address the kernel would use towards `endpoint` (a connected UDP socket sends
-/// nothing).
-fn source_ip(endpoint: &str) -> anyhow::Result<IpAddr> {
-    use std::net::ToSocketAddrs;
-    let target = endpoint
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {endpoint}"))?
-        .next()
-        .with_context(|| format!("{endpoint} resolves to no address"))?;
-    let bind = if target.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    };
-    let socket = std::net::UdpSocket::bind(bind)?;
-    socket.connect(target)?;
-    Ok(socket.local_addr()?.ip())
 }
 
 fn table(report: &JoinReport) -> String {
@@ -114,128 +98,22 @@ fn table(report: &JoinReport) -> String {
     )
 }
 
-async fn join(args: &JoinArgs) -> anyhow::Result<JoinReport> {
-    let started = Instant::now();
-    let timeout = Duration::from_secs(args.wait_timeout);
-    let node = match &args.node_name {
-        Some(n) => n.clone(),
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .context("cannot read this machine's hostname; pass --node-name")?
-            .trim()
-            .to_lowercase(),
-    };
-    validate_node_name(&node).map_err(anyhow::Error::msg)?;
-    if std::path::Path::new("/etc/kubernetes/manifests/kube-apiserver.yaml").exists() {
-        bail!("this machine runs a kinit control plane; workers join, control planes are managed with `kinit apply` (or `kinit reset` it first)");
+impl JoinArgs {
+    fn options(&self) -> anyhow::Result<JoinOptions> {
+        Ok(JoinOptions {
+            endpoint: self.endpoint.clone(),
+            token: self.token.clone(),
+            ca_hashes: self.ca_hashes.clone(),
+            node_name: self.node_name.clone(),
+            node_ip: self.node_ip,
+            binary: self.binary.clone(),
+            force: self.force,
+            skip_preflight: self.skip_preflight,
+            wait_timeout: Duration::from_secs(self.wait_timeout),
+            phases: PhaseSelection::new(&self.only_phases, &self.skip_phases)?,
+            notify: |message| eprintln!("{message}"),
+        })
     }
-    let ip = match args.node_ip {
-        Some(ip) => ip,
-        None => source_ip(&args.endpoint)?,
-    };
-    let say = |m: &str| {
-        if args.output == OutputFormat::Table {
-            eprintln!("[join] {m}");
-        }
-    };
-    let local = LocalHost::new(&node);
-    let managed = std::path::Path::new(kinit::sync::STATE_ROOT)
-        .join(kinit::sync::MANAGED_LIST)
-        .exists();
-    if !managed && !args.skip_preflight {
-        say("preflight");
-        let roles = kinit_executor::preflight::HostRoles {
-            control_plane: false,
-            etcd: false,
-            worker: true,
-        };
-        let report = kinit_executor::preflight::check_host(
-            &local,
-            &roles,
-            &kinit_executor::preflight::PreflightOptions::default(),
-        )
-        .await;
-        if report.has_failures() {
-            let failed: Vec<String> = report
-                .checks
-                .iter()
-                .filter(|c| c.status == kinit_executor::preflight::CheckStatus::Fail)
-                .map(|c| {
-                    format!(
-                        "{}: {}{}",
-                        c.check,
-                        c.message,
-                        c.fix
-                            .as_deref()
-                            .map(|f| format!(" (fix: {f})"))
-                            .unwrap_or_default()
-                    )
-                })
-                .collect();
-            bail!(
-                "preflight failed; fix these (or pass --skip-preflight) and re-run:\n  {}",
-                failed.join("\n  ")
-            );
-        }
-    }
-    say(&format!("discovering the cluster at {}", args.endpoint));
-    let (discovered, bootstrap) = discover(&args.endpoint, &args.token, &args.ca_hashes).await?;
-    say(&format!(
-        "cluster {:?}, API {}; requesting certificates for node {node} ({ip})",
-        discovered.cluster.cluster_name, discovered.server
-    ));
-    check_name_is_free(&bootstrap, &node, ip, args.force).await?;
-    let existing = existing_credentials(&discovered.ca_pem, &node, ip);
-    let boot = bootstrap_node(&bootstrap, &discovered, &node, ip, timeout, &existing).await?;
-    say(&format!("pod CIDR {}; installing", boot.pod_cidr));
-    let files = worker_files(&discovered, &node, ip, &boot)?;
-    let binary_path = match &args.binary {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().context("cannot find this kinit binary")?,
-    };
-    let binary = Binary::load(&binary_path)
-        .with_context(|| format!("cannot read the kinit binary {}", binary_path.display()))?;
-    let admin_box = crate::cmd::apply::admin_box_archive(
-        std::path::Path::new(kinit_images::admin_box::DEFAULT_BUSYBOX),
-        std::path::Path::new(kinit::sync::STATE_ROOT),
-    )?;
-    let hosts = vec![(
-        local,
-        HostTarget {
-            binary,
-            files,
-            admin_box,
-        },
-    )];
-    let outcome = converge(
-        &hosts,
-        ConvergeOptions {
-            concurrency: 1,
-            dry_run: false,
-            progress: false,
-        },
-        &run_id(),
-    )
-    .await
-    .remove(0);
-    if let Some(e) = &outcome.error {
-        bail!("installing on {node} failed: {e}; fix it and run the same join again");
-    }
-    let phases = outcome.ran.iter().map(|p| p.title().to_string()).collect();
-    say("waiting for the node to be Ready");
-    let state =
-        kinit::bootstrap::wait_for_nodes(&boot.client, std::slice::from_ref(&node), timeout)
-            .await?
-            .remove(&node)
-            .unwrap_or(NodeState::Missing);
-    Ok(JoinReport {
-        node,
-        node_ip: ip,
-        server: discovered.server,
-        pod_cidr: boot.pod_cidr.to_string(),
-        phases,
-        state,
-        seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-    })
 }
 
 /// Runs `kinit join`.
@@ -244,7 +122,14 @@ pub fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let report = runtime.block_on(join(&args))?;
+    let options = args.options()?;
+    let table_output = args.output == OutputFormat::Table;
+    let say = move |m: &str| {
+        if table_output {
+            eprintln!("[join] {m}");
+        }
+    };
+    let report = runtime.block_on(join_this_machine(&options, &say))?;
     emit(&report, args.output, table)?;
     Ok(if report.state == NodeState::Ready {
         ExitCode::SUCCESS
@@ -260,7 +145,7 @@ mod tests {
     #[test]
     fn the_source_address_towards_loopback_is_loopback() {
         assert_eq!(
-            source_ip("127.0.0.1:6443").unwrap(),
+            kinit::join::source_ip("127.0.0.1:6443").unwrap(),
             IpAddr::from([127, 0, 0, 1])
         );
     }

@@ -134,6 +134,14 @@ impl Progress for CliProgress {
             None => eprintln!("{host}: {message}"),
         }
     }
+
+    fn notice(&self, message: &str) {
+        // Above the progress bars, so it stays on screen.
+        match &self.bars {
+            Some((multi, _)) if multi.println(message).is_ok() => {}
+            _ => eprintln!("{message}"),
+        }
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

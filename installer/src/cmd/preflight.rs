@@ -49,12 +49,7 @@ pub struct PreflightArgs {
 
 /// The checks a host needs follow from its inventory roles (`lb` adds none of its own).
 pub(crate) fn roles_from_inventory(host: &kinit_inventory::Host) -> HostRoles {
-    use kinit_inventory::Role as R;
-    HostRoles {
-        control_plane: host.has_role(R::ControlPlane),
-        etcd: host.has_role(R::Etcd),
-        worker: host.has_role(R::Worker),
-    }
+    kinit::apply::preflight_roles(host)
 }
 
 fn roles_from_args(roles: &[Role]) -> HostRoles {
