@@ -6,12 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# etcd-server: the store's etcd backend is tested against a real etcd; vagrant: `vagrant validate`;
-# protobuf-compiler: the etcd client crate compiles etcd's protobuf API at build time.
+# etcd-server: the store's etcd backend is tested against a real etcd; vagrant: `vagrant validate`.
+# (No protobuf-compiler: the crates that compile .proto files do it with protox, third_party/.)
 # containerd, runc, busybox: images and pods run in a private containerd the tests start;
 # busybox is also what the admin-box image is built from (the dynamic build: busybox-static's
 # wget, nc and ping cannot resolve names).
-need_pkgs=(openssl debootstrap systemd-container iproute2 openssh-client nftables etcd-server vagrant protobuf-compiler containerd runc busybox)
+need_pkgs=(openssl debootstrap systemd-container iproute2 openssh-client nftables etcd-server vagrant containerd runc busybox)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -18,6 +18,8 @@ pub struct Tool {
     pub binary: &'static str,
     /// Debian package.
     pub package: &'static str,
+    /// What the lab needs it for (said when the package is installed).
+    pub purpose: &'static str,
 }
 
 /// Everything `lab up` runs on the outer machine.
@@ -25,26 +27,33 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         binary: "debootstrap",
         package: "debootstrap",
+        purpose: "builds the Debian base image the hosts boot from",
     },
     Tool {
         binary: "systemd-nspawn",
         package: "systemd-container",
+        purpose: "runs each host as a container booting systemd",
     },
     Tool {
         binary: "ip",
         package: "iproute2",
+        purpose: "creates the lab bridge and the hosts' links",
     },
     Tool {
         binary: "nsenter",
         package: "util-linux",
+        purpose: "addresses each host's interface inside its network namespace",
     },
     Tool {
         binary: "ssh",
         package: "openssh-client",
+        purpose: "logs into the hosts (the `ssh` line `lab up` prints)",
     },
     Tool {
         binary: "nft",
         package: "nftables",
+        purpose: "shows a host's nftables rules from this machine \
+                  (`nsenter -t PID -n nft list ruleset`)",
     },
 ];
 
@@ -65,30 +74,16 @@ pub fn find_tool(binary: &str) -> Option<PathBuf> {
 
 /// Tools from [`TOOLS`] that are not installed.
 pub fn missing_tools() -> Vec<Tool> {
+    missing_tools_with(|binary| find_tool(binary).is_some())
+}
+
+/// Tools from [`TOOLS`] for which `installed(binary)` is false.
+pub fn missing_tools_with(installed: impl Fn(&str) -> bool) -> Vec<Tool> {
     TOOLS
         .iter()
         .copied()
-        .filter(|tool| find_tool(tool.binary).is_none())
+        .filter(|tool| !installed(tool.binary))
         .collect()
-}
-
-/// Fails unless running as root with every tool installed, naming the apt command otherwise.
-pub fn check_prerequisites() -> Result<(), LabError> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(LabError::NotRoot);
-    }
-    let missing = missing_tools();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let names: Vec<String> = missing
-        .iter()
-        .map(|t| format!("{} (package {})", t.binary, t.package))
-        .collect();
-    Err(LabError::MissingTools {
-        missing: names.join(", "),
-        command: APT_INSTALL.to_string(),
-    })
 }
 
 /// Runs a tool to completion; fails with its stderr when it exits non-zero.

@@ -15,6 +15,22 @@ pub enum LabError {
     #[error("missing tools on this machine: {missing}. Install them with:\n    {command}")]
     MissingTools { missing: String, command: String },
 
+    /// Outer-machine tools are missing and this is not root, so the lab cannot install them.
+    #[error(
+        "missing tools on this machine: {missing}. The lab needs root (it creates network \
+         links, mounts and containers): run `kinit lab up` as root and it installs them \
+         through apt, or install them first as root with:\n    {command}"
+    )]
+    MissingToolsNotRoot { missing: String, command: String },
+
+    /// Outer-machine tools are missing and this machine has no apt to install them with.
+    #[error(
+        "missing tools on this machine: {missing}. This is not Debian or Ubuntu with apt-get, \
+         so the lab cannot install them itself; install the packages that provide them \
+         (on Debian/Ubuntu: `{command}`)"
+    )]
+    NoApt { missing: String, command: String },
+
     /// A setting is out of range.
     #[error("invalid lab setting {field}: {reason}")]
     InvalidConfig { field: &'static str, reason: String },

@@ -13,6 +13,7 @@
 pub mod base;
 pub mod error;
 pub mod inventory;
+pub mod prerequisites;
 pub mod state;
 pub mod system;
 
@@ -138,6 +139,11 @@ pub trait Progress: Send + Sync {
     fn lab(&self, _message: &str) {}
     /// A step on one host.
     fn host(&self, _host: &str, _message: &str) {}
+    /// Something the user must see and keep (packages the lab installs on this machine):
+    /// printed to stderr unless the receiver shows it another way.
+    fn notice(&self, message: &str) {
+        eprintln!("{message}");
+    }
 }
 
 /// No progress output.
@@ -201,7 +207,7 @@ impl RunLock {
 /// Brings up a lab. On failure everything created so far is removed again.
 pub async fn up(config: &LabConfig, progress: &dyn Progress) -> Result<LabState, LabError> {
     config.validate()?;
-    system::check_prerequisites()?;
+    prerequisites::ensure(progress).await?;
     let _lock = RunLock::acquire(&config.run_dir)?;
     if let Some(existing) = LabState::list(&config.run_dir).into_iter().next() {
         return Err(LabError::AlreadyUp {
