@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::task::JoinHandle;
 
 use crate::apisource::{watch_pods, ApiStatusSink};
@@ -33,6 +32,8 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             message: format!("the file does not exist{hint}"),
         });
     }
+    // Before anything slow, so a SIGTERM during start-up stops the agent gracefully too.
+    let signals = kinit_component_base::ShutdownSignals::install()?;
     let (client, ca_pem) = client_from_kubeconfig(&settings.kubeconfig).await?;
     let runtime: Arc<dyn Runtime> =
         Arc::new(CriRuntime::connect(&settings.config.container_runtime_endpoint).await?);
@@ -47,18 +48,10 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let tls = server::serving_tls(&settings)?;
     let agent = Agent::start(settings, runtime, client, ca_pem, Some((listener, tls)));
     tracing::info!(node = %agent.manager.settings().node_name, "node agent started");
-    wait_for_signal().await;
+    signals.recv().await;
     tracing::info!("stopping the node agent; pods keep running");
     agent.stop();
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
 }
 
 /// Builds a client from a kubeconfig and returns the cluster CA (PEM) it trusts.
@@ -69,10 +62,12 @@ pub async fn client_from_kubeconfig(
         path: path.display().to_string(),
         message: m,
     };
-    let kubeconfig = Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    let config = kinit_component_base::kube_config(Some(path))
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| match e {
+            kinit_component_base::ComponentError::Kubeconfig { message, .. } => err(message),
+            other => err(other.to_string()),
+        })?;
     let ca_pem = config.root_cert.as_ref().map(|certs| {
         certs
             .iter()

@@ -315,8 +315,7 @@ impl AgentConfiguration {
 }
 
 fn hostname() -> Result<String, AgentError> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
+    kinit_component_base::hostname()
         .map_err(|e| AgentError::Config(format!("cannot read the host name ({e}); set nodeName")))
 }
 

@@ -73,6 +73,9 @@ pub enum AgentError {
     /// The agent's HTTPS server could not start.
     #[error("agent server: {0}")]
     Server(String),
+    /// Start-up failed (signal handlers).
+    #[error(transparent)]
+    Component(#[from] kinit_component_base::ComponentError),
     /// Anything else that should not happen.
     #[error("internal error: {0}")]
     Internal(String),

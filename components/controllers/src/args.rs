@@ -7,76 +7,17 @@ use std::time::Duration;
 
 use clap::Args;
 use ipnet::IpNet;
+use kinit_component_base::LeaderElectionConfig;
 
+use crate::cluster::{ClusterControllerOptions, ControllerName};
 use crate::error::ControllerError;
 
-/// Controllers this crate runs (kube-controller-manager names).
-pub const WORKLOAD_CONTROLLERS: &[&str] = &[
-    "deployment",
-    "replicaset",
-    "daemonset",
-    "job",
-    "ttl-after-finished",
-    "cronjob",
-    "statefulset",
-];
+pub use crate::registry::resolve as resolve_controllers;
+/// Go-syntax durations (`15s`, `1m30s`), the value parser of the duration flags.
+pub use kinit_component_base::parse_duration;
 
-/// Controllers of the cluster-controllers crate, accepted in `--controllers` and handed over
-/// through [`ClusterControllerFlags`].
-pub const CLUSTER_CONTROLLERS: &[&str] = &[
-    "endpoint",
-    "endpointslice",
-    "namespace",
-    "garbage-collector",
-    "node-ipam",
-    "node-lifecycle",
-    "pod-garbage-collector",
-    "csrapproving",
-    "csrsigning",
-];
-
-/// Controllers kube-controller-manager disables unless named (`bootstrapsigner`, `tokencleaner`).
-const OFF_BY_DEFAULT: &[&str] = &["bootstrapsigner", "tokencleaner"];
-
-/// Parses a Go-style duration (`15s`, `1m30s`, `500ms`, `2h`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad =
-        || format!("invalid duration {s:?}: use a number with a unit, e.g. 15s, 1m30s, 500ms");
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(bad)?;
-        let (num, tail) = rest.split_at(digits);
-        let value: f64 = num.parse().map_err(|_| bad())?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let scale = match unit {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            "us" | "µs" => 0.000_001,
-            "ns" => 0.000_000_001,
-            _ => return Err(bad()),
-        };
-        total += Duration::from_secs_f64(value * scale);
-        rest = tail;
-    }
-    Ok(total)
-}
-
-/// Flags for the cluster controllers (another crate); parsed here so one flag set serves the
-/// whole `kinit controller-manager`, and handed over unchanged.
+/// Flags of the cluster controllers ([`crate::cluster`]), mapped onto their options by
+/// [`cluster_options`].
 #[derive(Debug, Clone, Args)]
 pub struct ClusterControllerFlags {
     /// Allocate pod CIDRs to nodes from --cluster-cidr (node-ipam controller).
@@ -193,34 +134,29 @@ pub struct ControllerManagerArgs {
 }
 
 impl ControllerManagerArgs {
-    /// Checks flags that clap cannot: election timings and the controller list.
+    /// Checks flags that clap cannot: election timings (like client-go) and the controller
+    /// list.
     pub fn validate(&self) -> Result<(), ControllerError> {
         if self.leader_elect {
-            if self.leader_elect_lease_duration < Duration::from_secs(1) {
-                return Err(ControllerError::InvalidFlag {
-                    flag: "--leader-elect-lease-duration",
-                    message: "must be at least 1s (a Lease counts whole seconds)".into(),
-                });
-            }
-            if self.leader_elect_lease_duration <= self.leader_elect_renew_deadline
-                || self.leader_elect_renew_deadline <= self.leader_elect_retry_period
-            {
-                return Err(ControllerError::InvalidFlag {
-                    flag: "--leader-elect-lease-duration",
-                    message: format!(
-                        "need lease duration ({:?}) > renew deadline ({:?}) > retry period ({:?})",
-                        self.leader_elect_lease_duration,
-                        self.leader_elect_renew_deadline,
-                        self.leader_elect_retry_period
-                    ),
-                });
-            }
+            self.election_config().validate()?;
         }
         self.enabled_controllers().map(|_| ())
     }
 
-    /// The enabled controllers of both crates, resolved like kube-controller-manager's
-    /// `--controllers` (`*`, `name`, `-name`; a name's explicit setting beats `*`).
+    /// The leader election settings of these flags, with a fresh `<hostname>_<uuid>` identity.
+    pub fn election_config(&self) -> LeaderElectionConfig {
+        LeaderElectionConfig {
+            namespace: self.leader_elect_resource_namespace.clone(),
+            name: self.leader_elect_resource_name.clone(),
+            identity: kinit_component_base::leader_identity(),
+            lease_duration: self.leader_elect_lease_duration,
+            renew_deadline: self.leader_elect_renew_deadline,
+            retry_period: self.leader_elect_retry_period,
+        }
+    }
+
+    /// The enabled controllers, resolved like kube-controller-manager's `--controllers` (`*`,
+    /// `name`, `-name`; a name's explicit setting beats `*`).
     pub fn enabled_controllers(&self) -> Result<BTreeSet<String>, ControllerError> {
         resolve_controllers(&self.controllers)
     }
@@ -231,46 +167,43 @@ impl ControllerManagerArgs {
     }
 }
 
-/// Resolves a `--controllers` list against every known controller name.
-pub fn resolve_controllers(list: &[String]) -> Result<BTreeSet<String>, ControllerError> {
-    let known: Vec<&str> = WORKLOAD_CONTROLLERS
-        .iter()
-        .chain(CLUSTER_CONTROLLERS)
-        .chain(OFF_BY_DEFAULT)
-        .copied()
-        .collect();
-    let mut star = false;
-    let mut on = BTreeSet::new();
-    let mut off = BTreeSet::new();
-    for item in list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-        if item == "*" {
-            star = true;
-            continue;
-        }
-        let (negated, name) = match item.strip_prefix('-') {
-            Some(n) => (true, n),
-            None => (false, item),
-        };
-        if !known.contains(&name) {
-            return Err(ControllerError::UnknownController(
-                name.to_string(),
-                known.join(", "),
-            ));
-        }
-        if negated {
-            off.insert(name.to_string());
-        } else {
-            on.insert(name.to_string());
-        }
-    }
-    if star {
-        for name in WORKLOAD_CONTROLLERS.iter().chain(CLUSTER_CONTROLLERS) {
-            if !off.contains(*name) {
-                on.insert(name.to_string());
-            }
-        }
-    }
-    Ok(on.difference(&off).cloned().collect())
+/// Maps the cluster controllers' flags and the `--controllers` list onto their options.
+pub fn cluster_options(
+    flags: &ClusterControllerFlags,
+    controllers: &[String],
+) -> Result<ClusterControllerOptions, ControllerError> {
+    let defaults = ClusterControllerOptions::default();
+    Ok(ClusterControllerOptions {
+        cluster_cidrs: flags.cluster_cidr.clone(),
+        node_cidr_mask_size_ipv4: flags
+            .node_cidr_mask_size_ipv4
+            .or(flags.node_cidr_mask_size)
+            .unwrap_or(defaults.node_cidr_mask_size_ipv4),
+        node_cidr_mask_size_ipv6: flags
+            .node_cidr_mask_size_ipv6
+            .unwrap_or(defaults.node_cidr_mask_size_ipv6),
+        allocate_node_cidrs: flags.allocate_node_cidrs,
+        cluster_signing_cert_file: flags
+            .cluster_signing_cert_file
+            .clone()
+            .unwrap_or(defaults.cluster_signing_cert_file),
+        cluster_signing_key_file: flags
+            .cluster_signing_key_file
+            .clone()
+            .unwrap_or(defaults.cluster_signing_key_file),
+        cluster_signing_duration: flags.cluster_signing_duration,
+        node_monitor_period: flags.node_monitor_period,
+        node_monitor_grace_period: flags.node_monitor_grace_period,
+        pod_eviction_timeout: flags.pod_eviction_timeout,
+        pod_gc: crate::cluster::podgc::PodGcConfig {
+            terminated_threshold: flags.terminated_pod_gc_threshold,
+            ..defaults.pod_gc
+        },
+        controllers: resolve_controllers(controllers)?
+            .iter()
+            .filter_map(|name| ControllerName::parse(name))
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -356,5 +289,32 @@ mod tests {
         let mut a = Cli::try_parse_from(["kinit"]).unwrap().args;
         a.leader_elect_renew_deadline = Duration::from_secs(20);
         assert!(a.validate().is_err());
+    }
+
+    #[test]
+    fn cluster_flags_reach_the_cluster_controllers() {
+        let cli = Cli::parse_from([
+            "x",
+            "--allocate-node-cidrs=true",
+            "--cluster-cidr=10.244.0.0/16",
+            "--node-cidr-mask-size=25",
+            "--cluster-signing-cert-file=/p/ca.crt",
+            "--controllers=*,-node-lifecycle",
+            "--terminated-pod-gc-threshold=100",
+        ]);
+        let options = cluster_options(&cli.args.cluster, &cli.args.controllers).unwrap();
+        assert!(options.allocate_node_cidrs);
+        assert_eq!(options.cluster_cidrs, ["10.244.0.0/16".parse().unwrap()]);
+        assert_eq!(options.node_cidr_mask_size_ipv4, 25);
+        assert_eq!(
+            options.cluster_signing_cert_file,
+            std::path::Path::new("/p/ca.crt")
+        );
+        assert_eq!(options.pod_gc.terminated_threshold, 100);
+        assert!(options
+            .controllers
+            .contains(&ControllerName::PodGarbageCollector));
+        let lifecycle = ControllerName::select(&["node-lifecycle".to_string()], false).unwrap();
+        assert!(options.controllers.is_disjoint(&lifecycle));
     }
 }

@@ -1,57 +1,17 @@
 //! Errors of the controller manager and of single reconciles.
 
-use std::path::PathBuf;
-
 /// Why `kinit controller-manager` stopped or could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    /// The kubeconfig could not be read or used.
-    #[error("cannot load kubeconfig {path:?}: {message}; check --kubeconfig points at a readable kubeconfig (kubeadm: /etc/kubernetes/controller-manager.conf)")]
-    Kubeconfig {
-        /// The file (empty when inferred from the environment).
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
-    /// The API client could not be built.
-    #[error("cannot build an API client: {0}")]
-    Client(#[source] kube::Error),
-    /// A flag value is unusable.
-    #[error("invalid flag {flag}: {message}")]
-    InvalidFlag {
-        /// The flag, e.g. `--controllers`.
-        flag: &'static str,
-        /// What is wrong with it and what is accepted.
-        message: String,
-    },
+    /// Start-up or leadership failed (kubeconfig, /healthz, signals, lost Lease).
+    #[error(transparent)]
+    Component(#[from] kinit_component_base::ComponentError),
+    /// A cluster controller could not start (bad CIDR, unreadable signing CA, API error).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterControllerError),
     /// `--controllers` named a controller nobody runs.
     #[error("--controllers: unknown controller {0:?}; known controllers: {1}")]
     UnknownController(String, String),
-    /// The /healthz listener could not be bound.
-    #[error("cannot listen for /healthz on {address}: {source}; is another controller manager running, or pass a free --secure-port (0 disables)")]
-    Healthz {
-        /// `--bind-address:--secure-port`.
-        address: String,
-        /// The bind error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The self-signed /healthz certificate could not be made.
-    #[error("cannot prepare the /healthz TLS certificate: {0}")]
-    HealthzTls(String),
-    /// Signal handlers could not be installed.
-    #[error("cannot install SIGTERM handler: {0}")]
-    Signals(#[source] std::io::Error),
-    /// Leadership was lost; like kube-controller-manager the process must exit and restart.
-    #[error("lost leadership of Lease {namespace}/{name}: {detail}; exiting so a fresh instance can re-elect")]
-    LeaderElectionLost {
-        /// Lease namespace.
-        namespace: String,
-        /// Lease name.
-        name: String,
-        /// The last renewal problem.
-        detail: String,
-    },
     /// A controller stopped unexpectedly.
     #[error("controller {name} stopped: {message}")]
     ControllerStopped {

@@ -7,7 +7,7 @@ mod common;
 use chrono::{Duration as Minutes, SecondsFormat, Timelike, Utc};
 use common::{eventually, node_side_loop, Harness, NodeSide};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use kinit_controllers::cronjob::{job_name, SCHEDULED_TIMESTAMP_ANNOTATION};
+use kinit_controllers::workloads::cronjob::{job_name, SCHEDULED_TIMESTAMP_ANNOTATION};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{eventually, node_side_loop, Harness, NodeSide};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
-use kinit_controllers::deployment::REVISION;
+use kinit_controllers::workloads::deployment::REVISION;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -164,7 +164,8 @@ async fn deployment_rolls_out_rolls_back_and_scales() {
             .items
             .iter()
             .filter(|p| {
-                kinit_controllers::pods::is_ready(p) && p.metadata.deletion_timestamp.is_none()
+                kinit_controllers::workloads::pods::is_ready(p)
+                    && p.metadata.deletion_timestamp.is_none()
             })
             .count() as i32;
         min_ready = min_ready.min(ready);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{eventually, node_side_loop, Harness, NodeSide};
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kinit_controllers::statefulset::{POD_INDEX_LABEL, POD_NAME_LABEL};
+use kinit_controllers::workloads::statefulset::{POD_INDEX_LABEL, POD_NAME_LABEL};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 

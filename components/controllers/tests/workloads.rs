@@ -8,7 +8,7 @@ use common::{eventually, node_side, node_side_loop, Harness, NodeSide};
 use k8s_openapi::api::apps::v1::{DaemonSet, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kinit_controllers::daemonset::pod_node;
+use kinit_controllers::workloads::daemonset::pod_node;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -391,7 +391,7 @@ async fn daemonset_runs_one_pod_per_eligible_node_and_rolls() {
             .items;
         let ready = live(&list)
             .iter()
-            .filter(|p| kinit_controllers::pods::is_ready(p))
+            .filter(|p| kinit_controllers::workloads::pods::is_ready(p))
             .count();
         min_ready = min_ready.min(ready);
         let ds = dss.get("agent").await.unwrap();

@@ -401,50 +401,15 @@ impl Parser {
 
 // ---- helpers ----
 
-/// Parses a Go-style duration (`500ms`, `5s`, `1m30s`, `2h`), or plain seconds when
-/// `bare_seconds` is set.
+/// Parses a Go duration (`500ms`, `5s`, `1m30s`, `2h`: CoreDNS plugins take Go's
+/// `time.ParseDuration` syntax), or plain seconds when `bare_seconds` is set.
 pub fn parse_duration(s: &str, bare_seconds: bool) -> Option<Duration> {
     if bare_seconds {
         if let Ok(n) = s.parse::<u64>() {
             return Some(Duration::from_secs(n));
         }
     }
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_end == 0 {
-            return None;
-        }
-        let value: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let factor = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        rest = &rest[unit_end..];
-        total += value * factor;
-    }
-    if !total.is_finite() || total < 0.0 {
-        return None;
-    }
-    Some(Duration::from_secs_f64(total))
+    kinit_component_base::parse_duration(s).ok()
 }
 
 /// Parses a zone name (`cluster.local`, `.`, `example.org.`) into a lowercase FQDN.

@@ -78,9 +78,9 @@ pub enum DnsError {
     /// The metrics endpoint's TLS setup failed.
     #[error("setting up TLS for metrics: {0}")]
     Tls(String),
-    /// Signal handlers could not be installed.
-    #[error("installing the SIGTERM handler: {0}")]
-    Signal(std::io::Error),
+    /// Start-up failed (signal handlers).
+    #[error(transparent)]
+    Component(#[from] kinit_component_base::ComponentError),
 }
 
 /// Flags of `kinit dns`.
@@ -109,26 +109,13 @@ pub struct DnsArgs {
     pub udp_workers: usize,
 }
 
-async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client, DnsError> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| DnsError::Kube(format!("reading {}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| DnsError::Kube(format!("{}: {e}", path.display())))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| DnsError::Kube(e.to_string()))?,
-    };
-    kube::Client::try_from(config).map_err(|e| DnsError::Kube(e.to_string()))
-}
-
 /// Runs `kinit dns` until SIGTERM or Ctrl-C, then keeps serving for the `health` plugin's
 /// lameduck time and stops.
 pub async fn run(args: DnsArgs) -> Result<(), DnsError> {
-    let client = client(args.kubeconfig.as_ref()).await?;
+    let signals = kinit_component_base::ShutdownSignals::install()?;
+    let client = kinit_component_base::client(args.kubeconfig.as_deref())
+        .await
+        .map_err(|e| DnsError::Kube(e.to_string()))?;
     let mut opts = ServerOptions::new(&args.conf, ClusterSource::Kube(client));
     opts.health_addr = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), args.health_port);
     opts.ready_addr = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), args.ready_port);
@@ -136,12 +123,7 @@ pub async fn run(args: DnsArgs) -> Result<(), DnsError> {
     opts.dns_port = args.dns_port;
     opts.udp_workers = args.udp_workers;
     let server = DnsServer::start(opts).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(DnsError::Signal)?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    signals.recv().await;
     let lameduck = server.lameduck();
     if !lameduck.is_zero() {
         tracing::info!("shutting down after the lameduck period of {lameduck:?}");

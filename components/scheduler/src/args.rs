@@ -4,6 +4,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kinit_component_base::LeaderElectionConfig;
+
 use crate::error::SchedulerError;
 
 /// Flags of `kinit scheduler`.
@@ -55,71 +57,24 @@ impl SchedulerArgs {
         if !self.leader_elect {
             return Ok(());
         }
-        let (lease, renew, retry) = (
-            self.leader_elect_lease_duration,
-            self.leader_elect_renew_deadline,
-            self.leader_elect_retry_period,
-        );
-        if retry.is_zero() {
-            return Err(SchedulerError::InvalidArgs(
-                "--leader-elect-retry-period must be greater than zero".into(),
-            ));
+        Ok(self.election_config(String::new()).validate()?)
+    }
+
+    /// The leader election settings of these flags, for `identity`.
+    pub fn election_config(&self, identity: String) -> LeaderElectionConfig {
+        LeaderElectionConfig {
+            namespace: self.leader_elect_resource_namespace.clone(),
+            name: self.leader_elect_resource_name.clone(),
+            identity,
+            lease_duration: self.leader_elect_lease_duration,
+            renew_deadline: self.leader_elect_renew_deadline,
+            retry_period: self.leader_elect_retry_period,
         }
-        if lease <= renew {
-            return Err(SchedulerError::InvalidArgs(format!(
-                "--leader-elect-lease-duration ({lease:?}) must be greater than --leader-elect-renew-deadline ({renew:?})"
-            )));
-        }
-        if renew.as_secs_f64() <= 1.2 * retry.as_secs_f64() {
-            return Err(SchedulerError::InvalidArgs(format!(
-                "--leader-elect-renew-deadline ({renew:?}) must be greater than 1.2 × --leader-elect-retry-period ({retry:?})"
-            )));
-        }
-        if lease.as_secs() == 0 {
-            return Err(SchedulerError::InvalidArgs(
-                "--leader-elect-lease-duration must be at least 1s (a Lease counts whole seconds)"
-                    .into(),
-            ));
-        }
-        Ok(())
     }
 }
 
-/// Parses a Go duration ("15s", "1m30s", "500ms", "2h"), the syntax kube-scheduler's flags take.
-/// Hand-written: a dozen lines, and no duration crate in the workspace accepts Go's exact syntax.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let err = || format!("invalid duration {s:?}: use e.g. 15s, 500ms, 1m30s");
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut rest = s;
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return Err(err());
-    }
-    while !rest.is_empty() {
-        let n = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(err)?;
-        let value: f64 = rest[..n].parse().map_err(|_| err())?;
-        rest = &rest[n..];
-        let u = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = match &rest[..u] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(err()),
-        };
-        total += value * unit;
-        rest = &rest[u..];
-    }
-    Ok(Duration::from_secs_f64(total))
-}
+/// Go-syntax durations (`15s`, `1m30s`), the value parser of the duration flags.
+pub use kinit_component_base::parse_duration;
 
 #[cfg(test)]
 mod tests {

@@ -39,7 +39,7 @@ pub struct SchedulerOptions {
 impl Default for SchedulerOptions {
     fn default() -> Self {
         SchedulerOptions {
-            identity: crate::default_identity(),
+            identity: kinit_component_base::leader_identity(),
             max_in_flight_binds: 16,
         }
     }

@@ -9,19 +9,12 @@ use kinit_apiserver::testing::TestServer;
 use kinit_scheduler::leader::Attempt;
 use kinit_scheduler::{LeaderElectionConfig, LeaderElector, SchedulerOptions};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
 async fn client(path: &std::path::Path) -> Client {
-    let config = kube::Config::from_custom_kubeconfig(
-        Kubeconfig::read_from(path).unwrap(),
-        &KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    Client::try_from(config).unwrap()
+    kinit_component_base::client(Some(path)).await.unwrap()
 }
 
 struct Env {

@@ -2,11 +2,9 @@
 //! runtime around each component's own `run`.
 
 use std::future::Future;
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use tracing_subscriber::EnvFilter;
 
 /// Sets up logging to stderr (journald picks it up) filtered by `RUST_LOG`, default `info`,
 /// then runs `component` on a multi-threaded runtime until it returns.
@@ -15,13 +13,7 @@ where
     F: Future<Output = Result<(), E>>,
     E: std::error::Error + Send + Sync + 'static,
 {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    kinit_component_base::init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name(format!("kinit-{name}"))

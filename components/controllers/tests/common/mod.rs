@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kinit_apiserver::testing::TestServer;
-use kinit_controllers::{run_with_client, ElectionConfig, WorkloadOptions};
+use kinit_component_base::LeaderElectionConfig;
+use kinit_controllers::{run_with_client, WorkloadOptions};
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 use serde_json::json;
 use tokio::sync::watch;
@@ -23,11 +23,7 @@ pub struct Harness {
 }
 
 pub async fn client_for(path: &std::path::Path) -> Client {
-    let kubeconfig = Kubeconfig::read_from(path).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
+    kinit_component_base::client(Some(path)).await.unwrap()
 }
 
 impl Harness {
@@ -37,7 +33,7 @@ impl Harness {
         let admin = client_for(&ts.admin_kubeconfig()).await;
         let cm = client_for(&ts.kubeconfig_for("system:kube-controller-manager", &[])).await;
         let (stop, stop_rx) = watch::channel(false);
-        let election = ElectionConfig {
+        let election = LeaderElectionConfig {
             namespace: "kube-system".into(),
             name: "kube-controller-manager".into(),
             identity: "test-cm".into(),
@@ -48,7 +44,7 @@ impl Harness {
         let manager = tokio::spawn(run_with_client(
             cm,
             WorkloadOptions::default(),
-            Vec::new(),
+            None,
             Some(election),
             stop_rx,
         ));

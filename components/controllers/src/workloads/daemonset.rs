@@ -21,16 +21,15 @@ use kinit_rules::{node_affinity, tolerations};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::Client;
 use serde_json::json;
 
+use super::expectations::Expectations;
+use super::manage::{create_pods, delete_pods};
+use super::pods::{self, key};
+use super::rollout;
 use crate::error::ReconcileError;
-use crate::expectations::Expectations;
 use crate::informer::{Change, Informer};
-use crate::manage::{create_pods, delete_pods};
-use crate::pods::{self, key};
-use crate::rollout;
 use kinit_rules::errors::is_not_found;
 
 /// Label with the hash of the template a daemon pod was made from.
@@ -51,14 +50,14 @@ pub struct Context {
 /// Builds the controller; the future runs until `stop` resolves.
 pub fn controller(
     client: Client,
+    daemon_sets: &mut Informer<DaemonSet>,
     nodes: &mut Informer<Node>,
     pods_informer: &mut Informer<Pod>,
     concurrency: u16,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> futures::future::BoxFuture<'static, ()> {
-    let api: Api<DaemonSet> = Api::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default());
-    let ds_store = controller.store();
+    let ds_store = daemon_sets.store();
+    let controller = Controller::for_stream(daemon_sets.objects(), ds_store.clone());
     let expectations = Expectations::new();
     let exp = expectations.clone();
     let pod_triggers = pods_informer.triggers(move |pod: &Pod, _, change| {

@@ -2,7 +2,7 @@
 //!
 //! Each sync claims pods (adopts active orphans the selector matches, releases owned pods it no
 //! longer matches), creates or deletes pods to reach the wanted count — only when its own earlier
-//! creates/deletes have been observed (see [`crate::expectations`]) — and writes the status.
+//! creates/deletes have been observed (see [`super::expectations`]) — and writes the status.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +17,11 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::Client;
 use serde_json::json;
 
+use super::expectations::Expectations;
+use super::manage::{create_pods, delete_pods, patch_pod_owner, BURST};
+use super::pods::{self, key};
 use crate::error::{is_not_found, ReconcileError};
-use crate::expectations::Expectations;
 use crate::informer::{Change, Informer};
-use crate::manage::{create_pods, delete_pods, patch_pod_owner, BURST};
-use crate::pods::{self, key};
 
 /// Shared state of the ReplicaSet controller.
 pub struct Context {
@@ -308,7 +308,7 @@ fn same_status(old: Option<&ReplicaSetStatus>, new: &ReplicaSetStatus) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pods::tests::pod;
+    use crate::workloads::pods::tests::pod;
     use k8s_openapi::api::apps::v1::ReplicaSetSpec;
     use k8s_openapi::api::core::v1::PodTemplateSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

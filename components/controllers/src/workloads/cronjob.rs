@@ -27,12 +27,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::Client;
 
+use super::pods::{self, key};
 use crate::error::{is_conflict, is_not_found, ReconcileError};
 use crate::informer::Informer;
-use crate::pods::{self, key};
 
 /// Annotation with the time a Job was scheduled for (Kubernetes' name).
 pub const SCHEDULED_TIMESTAMP_ANNOTATION: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
@@ -141,7 +140,7 @@ pub fn job_name(cronjob: &str, scheduled: DateTime<Utc>) -> String {
 
 /// `Complete` or `Failed` when the Job has finished.
 fn finished(job: &Job) -> Option<&str> {
-    crate::job::finished_condition(job.status.as_ref()?).map(|c| c.type_.as_str())
+    super::job::finished_condition(job.status.as_ref()?).map(|c| c.type_.as_str())
 }
 
 /// Shared state of the CronJob controller.
@@ -155,11 +154,11 @@ pub struct Context {
 /// Builds the controller; the future runs until `stop` resolves.
 pub fn controller(
     client: Client,
+    cron_jobs_informer: &mut Informer<CronJob>,
     jobs_informer: &mut Informer<Job>,
     concurrency: u16,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> futures::future::BoxFuture<'static, ()> {
-    let api: Api<CronJob> = Api::all(client.clone());
     let job_triggers = jobs_informer.triggers(|job: &Job, _, _| {
         let ns = job.metadata.namespace.clone().unwrap_or_default();
         pods::controller_ref(&job.metadata)
@@ -171,7 +170,7 @@ pub fn controller(
         client,
         jobs: jobs_informer.store(),
     });
-    Controller::new(api, watcher::Config::default())
+    Controller::for_stream(cron_jobs_informer.objects(), cron_jobs_informer.store())
         .reconcile_on(job_triggers)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stop)

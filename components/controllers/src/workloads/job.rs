@@ -21,15 +21,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::Client;
 use serde_json::json;
 
+use super::expectations::Expectations;
+use super::manage::{create_pods, delete_pods, BURST};
+use super::pods::{self, key};
 use crate::error::{is_not_found, ReconcileError};
-use crate::expectations::Expectations;
 use crate::informer::{Change, Informer};
-use crate::manage::{create_pods, delete_pods, BURST};
-use crate::pods::{self, key};
 
 /// Which parts of the Job controller run (`--controllers` `job` and `ttl-after-finished`).
 #[derive(Debug, Clone, Copy)]
@@ -55,12 +54,12 @@ pub struct Context {
 /// Builds the controller; the future runs until `stop` resolves.
 pub fn controller(
     client: Client,
+    jobs_informer: &mut Informer<Job>,
     pods_informer: &mut Informer<Pod>,
     concurrency: u16,
     settings: Settings,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> futures::future::BoxFuture<'static, ()> {
-    let api: Api<Job> = Api::all(client.clone());
     let expectations = Expectations::new();
     let exp = expectations.clone();
     let pod_triggers = pods_informer.triggers(move |pod: &Pod, _, change| {
@@ -83,7 +82,7 @@ pub fn controller(
         pods: pods_informer.store(),
         expectations,
     });
-    Controller::new(api, watcher::Config::default())
+    Controller::for_stream(jobs_informer.objects(), jobs_informer.store())
         .reconcile_on(pod_triggers)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stop)

@@ -19,14 +19,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::Client;
 use serde_json::json;
 
+use super::pods::{self, key};
+use super::rollout::{self, RsCounts, POD_TEMPLATE_HASH};
 use crate::error::{is_conflict, is_not_found, ReconcileError};
 use crate::informer::{Change, Informer};
-use crate::pods::{self, key};
-use crate::rollout::{self, RsCounts, POD_TEMPLATE_HASH};
 
 /// Revision of a ReplicaSet / the deployment's current one.
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -58,14 +57,14 @@ pub struct Context {
 /// Builds the controller; the future runs until `stop` resolves.
 pub fn controller(
     client: Client,
+    deployments_informer: &mut Informer<Deployment>,
     replica_sets: &mut Informer<ReplicaSet>,
     pods_informer: &mut Informer<Pod>,
     concurrency: u16,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> futures::future::BoxFuture<'static, ()> {
-    let api: Api<Deployment> = Api::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default());
-    let deployments = controller.store();
+    let deployments = deployments_informer.store();
+    let controller = Controller::for_stream(deployments_informer.objects(), deployments.clone());
     let rs_store = replica_sets.store();
 
     let d_store = deployments.clone();

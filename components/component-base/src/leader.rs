@@ -1,12 +1,15 @@
-//! Leader election through a `coordination.k8s.io/v1` Lease, with client-go's semantics.
+//! Leader election through a `coordination.k8s.io/v1` Lease, with client-go's semantics, and
+//! [`lead`], which runs a component's work only while it holds the Lease.
 //!
 //! Hand-written rather than kube-lease-manager (which is kube 5 compatible): that crate has no
 //! renew deadline or retry period and keeps reporting leadership while renewals fail, whereas
-//! kube-scheduler must stop scheduling once it cannot renew within `--leader-elect-renew-deadline`.
-//! This follows client-go's `leaderelection` package: resourceVersion-guarded updates, expiry
-//! judged by the local time a record was last *observed* to change (immune to clock skew), and
+//! kube-scheduler and kube-controller-manager must stop acting once they cannot renew within
+//! `--leader-elect-renew-deadline`, before a standby's lease-duration wait can end. This follows
+//! client-go's `leaderelection` package: resourceVersion-guarded updates, expiry judged by the
+//! local time a record was last *observed* to change (immune to clock skew between hosts), and
 //! release on shutdown.
 
+use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -16,21 +19,58 @@ use kube::Client;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Leader election settings.
+use crate::error::ComponentError;
+
+/// client-go's `JitterFactor`: the renew deadline must exceed 1.2 retry periods.
+const JITTER_FACTOR: f64 = 1.2;
+
+/// Leader election settings (the `--leader-elect-*` flags).
 #[derive(Debug, Clone)]
 pub struct LeaderElectionConfig {
     /// Lease namespace (`kube-system`).
     pub namespace: String,
-    /// Lease name (`kube-scheduler`).
+    /// Lease name (`kube-scheduler`, `kube-controller-manager`).
     pub name: String,
-    /// This instance's identity (`holderIdentity`).
+    /// This instance's identity (`holderIdentity`), see [`crate::leader_identity`].
     pub identity: String,
-    /// `--leader-elect-lease-duration`.
+    /// `--leader-elect-lease-duration`: how long non-leaders wait after the last observed
+    /// renewal before taking the Lease.
     pub lease_duration: Duration,
-    /// `--leader-elect-renew-deadline`.
+    /// `--leader-elect-renew-deadline`: how long the leader keeps retrying a renewal before it
+    /// gives up leadership.
     pub renew_deadline: Duration,
-    /// `--leader-elect-retry-period`.
+    /// `--leader-elect-retry-period`: time between acquire and renew attempts.
     pub retry_period: Duration,
+}
+
+impl LeaderElectionConfig {
+    /// Checks the timings like client-go's `NewLeaderElector`: the lease duration must exceed
+    /// the renew deadline, which must exceed 1.2 retry periods, which must be positive; and a
+    /// lease lasts at least one second (a Lease counts whole seconds).
+    pub fn validate(&self) -> Result<(), ComponentError> {
+        let (lease, renew, retry) = (self.lease_duration, self.renew_deadline, self.retry_period);
+        let bad = |m: String| Err(ComponentError::LeaderElectionFlags(m));
+        if retry.is_zero() {
+            return bad("--leader-elect-retry-period must be greater than zero".into());
+        }
+        if lease <= renew {
+            return bad(format!(
+                "--leader-elect-lease-duration ({lease:?}) must be greater than --leader-elect-renew-deadline ({renew:?})"
+            ));
+        }
+        if renew.as_secs_f64() <= JITTER_FACTOR * retry.as_secs_f64() {
+            return bad(format!(
+                "--leader-elect-renew-deadline ({renew:?}) must be greater than 1.2 × --leader-elect-retry-period ({retry:?})"
+            ));
+        }
+        if lease.as_secs() == 0 {
+            return bad(
+                "--leader-elect-lease-duration must be at least 1s (a Lease counts whole seconds)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// How holding the lease ended.
@@ -66,6 +106,10 @@ fn now() -> MicroTime {
 
 fn duration_seconds(d: Duration) -> i32 {
     d.as_secs().clamp(1, i32::MAX as u64) as i32
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
 impl LeaderElector {
@@ -108,7 +152,7 @@ impl LeaderElector {
                     self.observed = Some((spec, Instant::now()));
                     Ok(Attempt::Held)
                 }
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Conflict),
+                Err(e) if is_conflict(&e) => Ok(Attempt::Conflict),
                 Err(e) => Err(e),
             };
         };
@@ -145,7 +189,7 @@ impl LeaderElector {
                 self.observed = Some((spec, Instant::now()));
                 Ok(Attempt::Held)
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Conflict),
+            Err(e) if is_conflict(&e) => Ok(Attempt::Conflict),
             Err(e) => Err(e),
         }
     }
@@ -238,5 +282,102 @@ impl LeaderElector {
 
     fn lease_ref(&self) -> String {
         format!("{}/{}", self.config.namespace, self.config.name)
+    }
+}
+
+/// Runs `work` until `stop` turns true — with `election`, only while holding the Lease.
+///
+/// With `election`: waits to acquire the Lease (returning `Ok` if stopped first), then runs
+/// `work` with a stop signal of its own, which turns true when `stop` does or when leadership
+/// is lost. `work` is awaited to the end in either case, then the Lease is released. Lost
+/// leadership yields [`ComponentError::LeaderElectionLost`]; an error `work` returns on its own
+/// is passed on. Without `election`, `work` runs with `stop` directly.
+pub async fn lead<E, W, Fut>(
+    client: Client,
+    election: Option<LeaderElectionConfig>,
+    mut stop: watch::Receiver<bool>,
+    work: W,
+) -> Result<(), E>
+where
+    E: From<ComponentError> + Send + 'static,
+    W: FnOnce(watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+{
+    let Some(election) = election else {
+        return work(stop).await;
+    };
+    let mut elector = LeaderElector::new(client, election.clone());
+    if !elector.acquire(&mut stop).await {
+        return Ok(());
+    }
+    let (work_stop_tx, work_stop_rx) = watch::channel(false);
+    let mut running = AbortOnDrop(tokio::spawn(work(work_stop_rx)));
+    let (ended_early, result) = tokio::select! {
+        outcome = elector.hold(&mut stop) => (None, match outcome {
+            Leadership::Stopped => Ok(()),
+            Leadership::Lost(detail) => Err(ComponentError::LeaderElectionLost {
+                namespace: election.namespace.clone(),
+                name: election.name.clone(),
+                detail,
+            }),
+        }),
+        ended = &mut running.0 => (Some(ended), Ok(())),
+    };
+    let ended = match ended_early {
+        Some(ended) => ended,
+        None => {
+            let _ = work_stop_tx.send(true);
+            (&mut running.0).await
+        }
+    };
+    if let Err(e) = elector.release().await {
+        tracing::warn!(error = %e, "cannot release the leader Lease; a standby takes over when it expires");
+    }
+    result.map_err(E::from)?;
+    match ended {
+        Ok(r) => r,
+        Err(join) => Err(E::from(ComponentError::WorkFailed(format!(
+            "panicked or was cancelled: {join}"
+        )))),
+    }
+}
+
+/// Aborts the task when dropped, so dropping [`lead`]'s future stops the work too.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(lease: u64, renew: u64, retry_ms: u64) -> LeaderElectionConfig {
+        LeaderElectionConfig {
+            namespace: "kube-system".into(),
+            name: "x".into(),
+            identity: "me".into(),
+            lease_duration: Duration::from_secs(lease),
+            renew_deadline: Duration::from_secs(renew),
+            retry_period: Duration::from_millis(retry_ms),
+        }
+    }
+
+    #[test]
+    fn timings_follow_client_go() {
+        config(15, 10, 2000).validate().unwrap();
+        assert!(config(10, 10, 2000).validate().is_err(), "lease > renew");
+        assert!(
+            config(15, 10, 9000).validate().is_err(),
+            "renew > 1.2 retry"
+        );
+        assert!(config(15, 10, 0).validate().is_err(), "retry > 0");
+        let mut short = config(1, 0, 100);
+        short.lease_duration = Duration::from_millis(900);
+        short.renew_deadline = Duration::from_millis(500);
+        assert!(short.validate().is_err(), "lease >= 1s");
     }
 }

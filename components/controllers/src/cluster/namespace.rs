@@ -4,6 +4,7 @@
 //! `namespaces/{name}/finalize` subresource and the API server deletes the namespace.
 //! Progress and failures are reported as namespace conditions, like Kubernetes.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,12 +13,12 @@ use k8s_openapi::api::core::v1::{Namespace, NamespaceCondition};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::{verbs, ApiCapabilities, ApiResource, Discovery, Scope};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use crate::util::{is_conflict, is_not_found, now};
-use crate::{ClusterControllerError, ReconcileError};
+use super::util::{is_conflict, is_not_found, now};
+use super::{ClusterControllerError, ReconcileError};
+use crate::informer::Informers;
 
 /// The finalizer the namespace controller owns.
 pub const KUBERNETES_FINALIZER: &str = "kubernetes";
@@ -300,20 +301,27 @@ fn error_policy(ns: Arc<Namespace>, error: &ReconcileError, _ctx: Arc<Ctx>) -> A
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Runs the namespace controller until the future is dropped.
-pub async fn run(client: Client) -> Result<(), ClusterControllerError> {
+/// Sets the namespace controller up on the shared Namespace informer and returns the future
+/// that runs it until dropped.
+pub fn run(
+    informers: &mut Informers,
+) -> impl Future<Output = Result<(), ClusterControllerError>> + Send + 'static {
     let ctx = Arc::new(Ctx {
-        client: client.clone(),
+        client: informers.client().clone(),
     });
-    Controller::new(Api::<Namespace>::all(client), watcher::Config::default())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "namespace controller event");
-            }
-        })
-        .await;
-    Ok(())
+    let namespaces = informers.get::<Namespace>();
+    let controller = Controller::for_stream(namespaces.objects(), namespaces.store());
+    async move {
+        controller
+            .run(reconcile, error_policy, ctx)
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "namespace controller event");
+                }
+            })
+            .await;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Cluster controllers of `kinit controller-manager`.
 //!
-//! Each controller is a kube-rs style `reconcile(object, ctx) -> Result<Action>` driven by
-//! watches on the API server, written to be re-run any number of times:
+//! Each controller is a kube-rs style `reconcile(object, ctx) -> Result<Action>` driven by the
+//! controller manager's shared informers, written to be re-run any number of times:
 //!
 //! - [`endpoints`]: Endpoints and EndpointSlices for Services with a selector;
 //! - [`namespace`]: empties Terminating namespaces, then releases the `kubernetes` finalizer;
@@ -11,16 +11,22 @@
 //! - [`podgc`]: force-deletion of pods whose node is gone and of excess finished pods;
 //! - [`csr`]: auto-approval of kubelet client CSRs and signing with the cluster CA.
 //!
-//! [`run`] starts the enabled ones on one client and runs them until the future is dropped.
+//! [`crate::registry`] starts the enabled ones with the workload controllers; [`run`] runs them
+//! alone on one client until the future is dropped.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt};
-use futures::FutureExt;
+use std::future::Future;
+
+use futures::{FutureExt, TryFutureExt};
 use ipnet::IpNet;
+
+use crate::error::ControllerError;
+use crate::registry::{Running, Setup};
+use crate::workloads::WorkloadOptions;
 
 pub mod csr;
 pub mod endpoints;
@@ -71,7 +77,7 @@ impl ControllerName {
     ];
 
     /// The `--controllers` name.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             ControllerName::Endpoints => "endpoint",
             ControllerName::EndpointSlice => "endpointslice",
@@ -187,109 +193,129 @@ impl Default for ClusterControllerOptions {
     }
 }
 
-type ControllerFuture =
-    futures::future::BoxFuture<'static, (ControllerName, Result<(), ClusterControllerError>)>;
-
-/// Runs every enabled controller until the returned future is dropped.
+/// Runs every enabled controller, with shared informers of their own, until the future is
+/// dropped (the controller manager runs them together with the workload controllers instead).
 ///
 /// Fails early when the options are unusable (bad CIDR/mask, unreadable signing CA) and later
 /// when a controller stops; `node-ipam` runs only with `allocate_node_cidrs`.
 pub async fn run(
     client: kube::Client,
     options: ClusterControllerOptions,
-) -> Result<(), ClusterControllerError> {
-    let enabled = &options.controllers;
-    let mut started: Vec<ControllerFuture> = Vec::new();
-    let mut start =
-        |name: ControllerName,
-         fut: futures::future::BoxFuture<'static, Result<(), ClusterControllerError>>| {
-            tracing::info!(controller = %name, "starting controller");
-            started.push(fut.map(move |r| (name, r)).boxed());
-        };
-    if enabled.contains(&ControllerName::Endpoints)
-        || enabled.contains(&ControllerName::EndpointSlice)
-    {
-        let config = endpoints::EndpointsConfig {
-            endpoints: enabled.contains(&ControllerName::Endpoints),
-            slices: enabled.contains(&ControllerName::EndpointSlice),
-        };
-        start(
-            ControllerName::EndpointSlice,
-            endpoints::run(client.clone(), config).boxed(),
-        );
+) -> Result<(), ControllerError> {
+    // Never stopped: the caller drops the future instead.
+    let (_keep, stop) = tokio::sync::watch::channel(false);
+    crate::run_controllers(client, WorkloadOptions::none(), Some(options), stop).await
+}
+
+fn enabled<'a>(
+    setup: &Setup<'a>,
+    names: &[ControllerName],
+) -> Option<(&'a ClusterControllerOptions, Vec<bool>)> {
+    let options = setup.cluster?;
+    let on: Vec<bool> = names
+        .iter()
+        .map(|n| options.controllers.contains(n))
+        .collect();
+    on.iter().any(|o| *o).then_some((options, on))
+}
+
+fn running(
+    controller: impl Future<Output = Result<(), ClusterControllerError>> + Send + 'static,
+) -> Option<Running> {
+    Some(controller.map_err(ControllerError::from).boxed())
+}
+
+/// Starts `endpoint` and/or `endpointslice` (one loop serves both).
+pub(crate) fn start_endpoints(setup: &mut Setup<'_>) -> Result<Option<Running>, ControllerError> {
+    let Some((_, on)) = enabled(
+        setup,
+        &[ControllerName::Endpoints, ControllerName::EndpointSlice],
+    ) else {
+        return Ok(None);
+    };
+    let config = endpoints::EndpointsConfig {
+        endpoints: on[0],
+        slices: on[1],
+    };
+    Ok(running(endpoints::run(setup.informers, config)))
+}
+
+/// Starts `namespace`.
+pub(crate) fn start_namespace(setup: &mut Setup<'_>) -> Result<Option<Running>, ControllerError> {
+    if enabled(setup, &[ControllerName::Namespace]).is_none() {
+        return Ok(None);
     }
-    if enabled.contains(&ControllerName::Namespace) {
-        start(
-            ControllerName::Namespace,
-            namespace::run(client.clone()).boxed(),
-        );
+    Ok(running(namespace::run(setup.informers)))
+}
+
+/// Starts `garbage-collector`.
+pub(crate) fn start_garbage_collector(
+    setup: &mut Setup<'_>,
+) -> Result<Option<Running>, ControllerError> {
+    if enabled(setup, &[ControllerName::GarbageCollector]).is_none() {
+        return Ok(None);
     }
-    if enabled.contains(&ControllerName::GarbageCollector) {
-        start(
-            ControllerName::GarbageCollector,
-            gc::run(client.clone()).boxed(),
-        );
+    Ok(running(gc::run(setup.informers)))
+}
+
+/// Starts `node-ipam` when `allocate_node_cidrs` is set.
+pub(crate) fn start_node_ipam(setup: &mut Setup<'_>) -> Result<Option<Running>, ControllerError> {
+    let Some((options, _)) = enabled(setup, &[ControllerName::NodeIpam]) else {
+        return Ok(None);
+    };
+    if !options.allocate_node_cidrs {
+        return Ok(None);
     }
-    if enabled.contains(&ControllerName::NodeIpam) && options.allocate_node_cidrs {
-        let allocator = ipam::MultiAllocator::new(
-            &options.cluster_cidrs,
-            options.node_cidr_mask_size_ipv4,
-            options.node_cidr_mask_size_ipv6,
-        )?;
-        start(
-            ControllerName::NodeIpam,
-            ipam::run(client.clone(), allocator).boxed(),
-        );
-    }
-    if enabled.contains(&ControllerName::NodeLifecycle) {
-        let config = node_lifecycle::LifecycleConfig {
-            monitor_period: options.node_monitor_period,
-            grace_period: options.node_monitor_grace_period,
-            pod_eviction_timeout: options.pod_eviction_timeout,
-        };
-        start(
-            ControllerName::NodeLifecycle,
-            node_lifecycle::run(client.clone(), config).boxed(),
-        );
-    }
-    if enabled.contains(&ControllerName::PodGarbageCollector) {
-        start(
-            ControllerName::PodGarbageCollector,
-            podgc::run(client.clone(), options.pod_gc).boxed(),
-        );
-    }
-    let approving = enabled.contains(&ControllerName::CsrApproving);
-    let signing = enabled.contains(&ControllerName::CsrSigning);
-    if approving || signing {
-        let signer = if signing {
-            Some(csr::Signer::load(
-                &options.cluster_signing_cert_file,
-                &options.cluster_signing_key_file,
-                options.cluster_signing_duration,
-            )?)
-        } else {
-            None
-        };
-        let name = if signing {
-            ControllerName::CsrSigning
-        } else {
-            ControllerName::CsrApproving
-        };
-        start(name, csr::run(client.clone(), approving, signer).boxed());
-    }
-    let mut running: FuturesUnordered<ControllerFuture> = started.into_iter().collect();
-    match running.next().await {
-        None => {
-            // Nothing enabled: stay up like an idle controller manager.
-            futures::future::pending::<()>().await;
-            Ok(())
-        }
-        Some((name, Ok(()))) => Err(ClusterControllerError::Stopped {
-            controller: name.as_str(),
-            reason: "its watch stream ended".into(),
-        }),
-        Some((_, Err(e))) => Err(e),
-    }
+    let allocator = ipam::MultiAllocator::new(
+        &options.cluster_cidrs,
+        options.node_cidr_mask_size_ipv4,
+        options.node_cidr_mask_size_ipv6,
+    )?;
+    Ok(running(ipam::run(setup.informers, allocator)))
+}
+
+/// Starts `node-lifecycle`.
+pub(crate) fn start_node_lifecycle(
+    setup: &mut Setup<'_>,
+) -> Result<Option<Running>, ControllerError> {
+    let Some((options, _)) = enabled(setup, &[ControllerName::NodeLifecycle]) else {
+        return Ok(None);
+    };
+    let config = node_lifecycle::LifecycleConfig {
+        monitor_period: options.node_monitor_period,
+        grace_period: options.node_monitor_grace_period,
+        pod_eviction_timeout: options.pod_eviction_timeout,
+    };
+    Ok(running(node_lifecycle::run(setup.informers, config)))
+}
+
+/// Starts `pod-garbage-collector`.
+pub(crate) fn start_pod_gc(setup: &mut Setup<'_>) -> Result<Option<Running>, ControllerError> {
+    let Some((options, _)) = enabled(setup, &[ControllerName::PodGarbageCollector]) else {
+        return Ok(None);
+    };
+    Ok(running(podgc::run(setup.informers, options.pod_gc)))
+}
+
+/// Starts `csrapproving` and/or `csrsigning` (one loop serves both).
+pub(crate) fn start_csr(setup: &mut Setup<'_>) -> Result<Option<Running>, ControllerError> {
+    let Some((options, on)) = enabled(
+        setup,
+        &[ControllerName::CsrApproving, ControllerName::CsrSigning],
+    ) else {
+        return Ok(None);
+    };
+    let (approving, signing) = (on[0], on[1]);
+    let signer = if signing {
+        Some(csr::Signer::load(
+            &options.cluster_signing_cert_file,
+            &options.cluster_signing_key_file,
+            options.cluster_signing_duration,
+        )?)
+    } else {
+        None
+    };
+    Ok(running(csr::run(setup.informers, approving, signer)))
 }
 
 /// Shared helpers.

@@ -5,6 +5,7 @@
 //! node is healthy again. Pods on a node with NoExecute taints they do not tolerate are evicted
 //! (deleted) once their `tolerationSeconds` have passed since the taint was added.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -16,12 +17,12 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use crate::util::{is_conflict, is_not_found, now};
-use crate::{ClusterControllerError, ReconcileError};
+use super::util::{is_conflict, is_not_found, now};
+use super::{ClusterControllerError, ReconcileError};
+use crate::informer::Informers;
 
 /// Namespace of node heartbeat leases.
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -319,26 +320,39 @@ fn error_policy(node: Arc<Node>, error: &ReconcileError, _ctx: Arc<Ctx>) -> Acti
     Action::requeue(Duration::from_secs(2))
 }
 
-/// Runs the node lifecycle controller (health taints and NoExecute evictions) until dropped.
-pub async fn run(client: Client, config: LifecycleConfig) -> Result<(), ClusterControllerError> {
+/// Sets the node lifecycle controller (health taints and NoExecute evictions) up on the shared
+/// Node and Lease informers and returns the future that runs it until dropped.
+pub fn run(
+    informers: &mut Informers,
+    config: LifecycleConfig,
+) -> impl Future<Output = Result<(), ClusterControllerError>> + Send + 'static {
     let ctx = Arc::new(Ctx {
-        client: client.clone(),
+        client: informers.client().clone(),
         config,
         started: SystemTime::now(),
     });
-    let leases: Api<Lease> = Api::namespaced(client.clone(), NODE_LEASE_NAMESPACE);
-    Controller::new(Api::<Node>::all(client.clone()), watcher::Config::default())
-        .watches(leases, watcher::Config::default(), |lease: Lease| {
-            Some(ObjectRef::<Node>::new(&lease.name_any()))
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "node lifecycle controller event");
-            }
-        })
-        .await;
-    Ok(())
+    // Node heartbeats: the Leases of the node-lease namespace, named after their Node.
+    let heartbeats = informers.get::<Lease>().triggers(|lease: &Lease, _, _| {
+        if lease.namespace().as_deref() == Some(NODE_LEASE_NAMESPACE) {
+            vec![ObjectRef::<Node>::new(&lease.name_any())]
+        } else {
+            Vec::new()
+        }
+    });
+    let nodes = informers.get::<Node>();
+    let controller =
+        Controller::for_stream(nodes.objects(), nodes.store()).reconcile_on(heartbeats);
+    async move {
+        controller
+            .run(reconcile, error_policy, ctx)
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "node lifecycle controller event");
+                }
+            })
+            .await;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

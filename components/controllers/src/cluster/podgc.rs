@@ -12,19 +12,19 @@
 //! - the oldest finished (Succeeded/Failed) pods beyond `terminated_threshold`.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use crate::util::{is_conflict, is_not_found, now};
-use crate::{ClusterControllerError, ReconcileError};
+use super::util::{is_conflict, is_not_found, now};
+use super::{ClusterControllerError, ReconcileError};
+use crate::informer::Informers;
 
 /// Reason of the `DisruptionTarget` condition set on pods of deleted nodes.
 pub const REASON_DELETION_BY_POD_GC: &str = "DeletionByPodGC";
@@ -274,37 +274,25 @@ async fn sweep_forever(ctx: Arc<Ctx>) {
     }
 }
 
-/// Runs the pod garbage collector until dropped.
-pub async fn run(client: Client, config: PodGcConfig) -> Result<(), ClusterControllerError> {
-    let (pods, pod_writer) = reflector::store();
-    let (nodes, node_writer) = reflector::store();
-    let pod_stream = reflector::reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .for_each(|_| async {});
-    let node_stream = reflector::reflector(
-        node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .for_each(|_| async {});
+/// Sets the pod garbage collector up on the shared Pod and Node informers and returns the
+/// future that runs it until dropped.
+pub fn run(
+    informers: &mut Informers,
+    config: PodGcConfig,
+) -> impl Future<Output = Result<(), ClusterControllerError>> + Send + 'static {
     let ctx = Arc::new(Ctx {
-        client,
-        pods,
-        nodes,
+        client: informers.client().clone(),
+        pods: informers.get::<Pod>().store(),
+        nodes: informers.get::<Node>().store(),
         config,
     });
-    tokio::select! {
-        _ = pod_stream => {}
-        _ = node_stream => {}
-        _ = sweep_forever(ctx) => {}
+    async move {
+        sweep_forever(ctx).await;
+        Err(ClusterControllerError::Stopped {
+            controller: "pod-garbage-collector",
+            reason: "its sweep loop ended".into(),
+        })
     }
-    Err(ClusterControllerError::Stopped {
-        controller: "pod-garbage-collector",
-        reason: "its watch stream ended".into(),
-    })
 }
 
 #[cfg(test)]

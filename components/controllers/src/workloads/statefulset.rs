@@ -29,15 +29,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::Client;
 use serde_json::json;
 
-use crate::daemonset::REVISION_HASH;
+use super::daemonset::REVISION_HASH;
+use super::pods::{self, key};
+use super::rollout;
 use crate::error::{is_conflict, is_not_found, ReconcileError};
 use crate::informer::Informer;
-use crate::pods::{self, key};
-use crate::rollout;
 
 /// Label with the pod's name (Kubernetes' name).
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -57,12 +56,12 @@ pub struct Context {
 /// Builds the controller; the future runs until `stop` resolves.
 pub fn controller(
     client: Client,
+    sets_informer: &mut Informer<StatefulSet>,
     pods_informer: &mut Informer<Pod>,
     revisions_informer: &mut Informer<ControllerRevision>,
     concurrency: u16,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> futures::future::BoxFuture<'static, ()> {
-    let api: Api<StatefulSet> = Api::all(client.clone());
     let pod_triggers = pods_informer.triggers(|pod: &Pod, _, _| {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         pods::controller_ref(&pod.metadata)
@@ -75,7 +74,7 @@ pub fn controller(
         pods: pods_informer.store(),
         revisions: revisions_informer.store(),
     });
-    Controller::new(api, watcher::Config::default())
+    Controller::for_stream(sets_informer.objects(), sets_informer.store())
         .reconcile_on(pod_triggers)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stop)

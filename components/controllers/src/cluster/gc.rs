@@ -9,11 +9,14 @@
 //! - **Orphan**: the API server keeps the owner with the `orphan` finalizer; the owner
 //!   references to it are removed from its dependents, then the finalizer.
 //!
-//! Like Kubernetes' collector, it keeps a graph of object metadata from one metadata watch per
-//! listable resource (found through discovery, refreshed periodically) and verifies owners with
-//! a live GET before deleting anything (a uid mismatch counts as a missing owner).
+//! Like Kubernetes' collector, it keeps a graph of object metadata — from the controller
+//! manager's shared informers where there is one for a resource, else from a metadata watch of
+//! its own for each listable resource (found through discovery, refreshed periodically) — and
+//! verifies owners with a live GET before deleting anything (a uid mismatch counts as a missing
+//! owner).
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,8 +32,9 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::util::{is_conflict, is_not_found};
-use crate::{ClusterControllerError, ReconcileError};
+use super::util::{is_conflict, is_not_found};
+use super::{ClusterControllerError, ReconcileError};
+use crate::informer::{FedResources, Informers};
 
 /// Finalizer of owners deleted with `propagationPolicy: Foreground`.
 pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
@@ -678,17 +682,39 @@ async fn delete_dependents(
     Ok(())
 }
 
-/// Runs the garbage collector until the future is dropped.
-pub async fn run(client: Client) -> Result<(), ClusterControllerError> {
+/// Sets the garbage collector up and returns the future that runs it until dropped.
+///
+/// Resources the shared `informers` watch reach its graph through them (like Kubernetes'
+/// collector, which uses the shared informer of a resource when there is one); it watches the
+/// metadata of every other resource itself.
+pub fn run(
+    informers: &mut Informers,
+) -> impl Future<Output = Result<(), ClusterControllerError>> + Send + 'static {
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
-        client,
+        client: informers.client().clone(),
         graph: Mutex::default(),
         resources: Mutex::default(),
         queue: tx,
         pending: Mutex::default(),
     });
-    let mut watched = HashSet::new();
+    let relists: Mutex<HashMap<ResourceKey, Option<HashSet<String>>>> = Mutex::default();
+    let fed_shared = shared.clone();
+    let fed = informers.feed_metadata(Arc::new(move |key: &str, event| {
+        let mut relists = relists.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = relists.entry(key.to_string()).or_default();
+        observe(&fed_shared, &key.to_string(), event, seen);
+    }));
+    run_collector(shared, rx, fed)
+}
+
+async fn run_collector(
+    shared: Arc<Shared>,
+    rx: mpsc::UnboundedReceiver<String>,
+    fed: FedResources,
+) -> Result<(), ClusterControllerError> {
+    let mut watched: HashSet<ResourceKey> =
+        fed.get().cloned().unwrap_or_default().into_iter().collect();
     refresh_discovery(&shared, &mut watched).await?;
     // Workers.
     let workers = 4;

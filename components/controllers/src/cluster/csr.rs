@@ -15,6 +15,7 @@
 //! A CSR that cannot be parsed, whose signature does not verify, or that breaks its signer's
 //! rules gets a `Failed` condition saying why.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -32,7 +33,6 @@ use k8s_openapi::api::core::v1::Node;
 use kinit_pki::{CertificateAuthority, RequestedCertificate, SubjectAltName};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose};
 use serde_json::json;
@@ -40,8 +40,9 @@ use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
-use crate::util::now;
-use crate::{ClusterControllerError, ReconcileError};
+use super::util::now;
+use super::{ClusterControllerError, ReconcileError};
+use crate::informer::Informers;
 
 /// Signer of kubelet client certificates.
 pub const SIGNER_KUBELET_CLIENT: &str = "kubernetes.io/kube-apiserver-client-kubelet";
@@ -680,29 +681,31 @@ fn error_policy(
     Action::requeue(Duration::from_secs(2))
 }
 
-/// Runs CSR approval and/or signing until the future is dropped.
-pub async fn run(
-    client: Client,
+/// Sets CSR approval and/or signing up on the shared CertificateSigningRequest informer and
+/// returns the future that runs it until dropped.
+pub fn run(
+    informers: &mut Informers,
     approving: bool,
     signer: Option<Signer>,
-) -> Result<(), ClusterControllerError> {
+) -> impl Future<Output = Result<(), ClusterControllerError>> + Send + 'static {
     let ctx = Arc::new(Ctx {
-        client: client.clone(),
+        client: informers.client().clone(),
         approving,
         signer,
     });
-    Controller::new(
-        Api::<CertificateSigningRequest>::all(client),
-        watcher::Config::default(),
-    )
-    .run(reconcile, error_policy, ctx)
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "csr controller event");
-        }
-    })
-    .await;
-    Ok(())
+    let csrs = informers.get::<CertificateSigningRequest>();
+    let controller = Controller::for_stream(csrs.objects(), csrs.store());
+    async move {
+        controller
+            .run(reconcile, error_policy, ctx)
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "csr controller event");
+                }
+            })
+            .await;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! deletes them by hand instead); the garbage collector then removes them with the Service.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,11 +25,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
-use crate::util::{controller_reference_to, is_not_found, selector_matches, selector_string};
-use crate::{ClusterControllerError, ReconcileError};
+use super::util::{controller_reference_to, is_not_found, selector_matches, selector_string};
+use super::{ClusterControllerError, ReconcileError};
+use crate::informer::{owners, Informers};
 
 /// Label naming the Service of an EndpointSlice.
 pub use kinit_rules::SERVICE_NAME_LABEL;
@@ -457,16 +458,20 @@ fn error_policy(service: Arc<Service>, error: &ReconcileError, _ctx: Arc<Ctx>) -
     Action::requeue(Duration::from_secs(2))
 }
 
-/// Runs the Endpoints and/or EndpointSlice controller until the future is dropped.
-pub async fn run(client: Client, config: EndpointsConfig) -> Result<(), ClusterControllerError> {
-    let controller = Controller::new(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let services = controller.store();
+/// Sets the Endpoints and/or EndpointSlice controller up on the shared `informers` (Services,
+/// Pods, and the objects it writes) and returns the future that runs it until dropped.
+pub fn run(
+    informers: &mut Informers,
+    config: EndpointsConfig,
+) -> impl Future<Output = Result<(), ClusterControllerError>> + Send + 'static {
+    let client = informers.client().clone();
+    let services_informer = informers.get::<Service>();
+    let objects = services_informer.objects();
+    let services = services_informer.store();
+    let controller = Controller::for_stream(objects, services.clone());
     // Services a pod matched last time, so a pod whose labels stop matching still triggers them.
     let previous: Arc<Mutex<HashMap<String, HashSet<ObjectRef<Service>>>>> = Arc::default();
-    let mapper = move |pod: Pod| {
+    let mapper = move |pod: &Pod| {
         let ns = pod.namespace().unwrap_or_default();
         let uid = pod.uid().unwrap_or_default();
         let now: HashSet<ObjectRef<Service>> = services
@@ -485,35 +490,48 @@ pub async fn run(client: Client, config: EndpointsConfig) -> Result<(), ClusterC
         if !now.is_empty() {
             previous.insert(uid, now);
         }
-        all
+        all.into_iter().collect()
     };
-    let mut controller = controller.watches(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default(),
-        mapper,
-    );
+    let pod_triggers = informers
+        .get::<Pod>()
+        .triggers(move |pod: &Pod, _, _| mapper(pod));
+    let mut controller = controller.reconcile_on(pod_triggers);
     if config.endpoints {
-        controller = controller.owns(
-            Api::<Endpoints>::all(client.clone()),
-            watcher::Config::default(),
-        );
+        let owned = informers
+            .get::<Endpoints>()
+            .triggers(|e: &Endpoints, _, _| owners::<Service, _>(e));
+        controller = controller.reconcile_on(owned);
     }
     if config.slices {
-        controller = controller.owns(
-            Api::<EndpointSlice>::all(client.clone()),
-            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
-        );
+        // Only the slices this controller manages (`managed-by`), as a label-selected watch
+        // would give; the shared informer holds every slice.
+        let owned = informers
+            .get::<EndpointSlice>()
+            .triggers(|slice: &EndpointSlice, _, _| {
+                let managed = slice
+                    .labels()
+                    .get(MANAGED_BY_LABEL)
+                    .is_some_and(|m| m == MANAGED_BY);
+                if managed {
+                    owners::<Service, _>(slice)
+                } else {
+                    Vec::new()
+                }
+            });
+        controller = controller.reconcile_on(owned);
     }
     let ctx = Arc::new(Ctx { client, config });
-    controller
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "endpoints controller event");
-            }
-        })
-        .await;
-    Ok(())
+    async move {
+        controller
+            .run(reconcile, error_policy, ctx)
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "endpoints controller event");
+                }
+            })
+            .await;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! range becomes free again when the node is deleted.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,11 +14,11 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use crate::{ClusterControllerError, ReconcileError};
+use super::{ClusterControllerError, ReconcileError};
+use crate::informer::Informers;
 
 /// Hands out fixed-size subnets of one cluster CIDR.
 #[derive(Debug, Clone)]
@@ -251,12 +252,18 @@ fn error_policy(node: Arc<Node>, error: &ReconcileError, _ctx: Arc<Ctx>) -> Acti
     Action::requeue(Duration::from_secs(2))
 }
 
-/// Runs node IPAM until the future is dropped.
-pub async fn run(client: Client, allocator: MultiAllocator) -> Result<(), ClusterControllerError> {
-    let controller = Controller::new(Api::<Node>::all(client.clone()), watcher::Config::default());
+/// Sets node IPAM up on the shared Node informer and returns the future that runs it until
+/// dropped.
+pub fn run(
+    informers: &mut Informers,
+    allocator: MultiAllocator,
+) -> impl Future<Output = Result<(), ClusterControllerError>> + Send + 'static {
+    let client = informers.client().clone();
+    let nodes = informers.get::<Node>();
+    let controller = Controller::for_stream(nodes.objects(), nodes.store());
     let ctx = Arc::new(Ctx {
         client,
-        nodes: controller.store(),
+        nodes: nodes.store(),
         state: Mutex::new(IpamState {
             allocator,
             reserved: BTreeMap::new(),
@@ -264,15 +271,17 @@ pub async fn run(client: Client, allocator: MultiAllocator) -> Result<(), Cluste
     });
     // The applier waits for the initial node list before the first reconcile, so existing
     // allocations are known before anything new is handed out.
-    controller
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "node ipam controller event");
-            }
-        })
-        .await;
-    Ok(())
+    async move {
+        controller
+            .run(reconcile, error_policy, ctx)
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "node ipam controller event");
+                }
+            })
+            .await;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
 
+use super::expectations::Expectations;
 use crate::error::{is_not_found, ReconcileError};
-use crate::expectations::Expectations;
 
 /// Most pods one sync creates or deletes (Kubernetes' `burstReplicas`).
 pub const BURST: usize = 500;

@@ -11,7 +11,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kinit_apiserver::testing::TestServer;
-use kinit_cluster_controllers::{run, ClusterControllerOptions, ControllerName};
+use kinit_controllers::cluster::{run, ClusterControllerOptions, ControllerName};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -20,11 +20,7 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn client_from(path: &std::path::Path) -> Client {
-    let kubeconfig = Kubeconfig::read_from(path).unwrap();
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
+    kinit_component_base::client(Some(path)).await.unwrap()
 }
 
 /// A test server, an admin client, and the controllers running as the controller manager.
