@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # containerd, runc, busybox: images and pods run in a private containerd the tests start;
 # busybox is also what the admin-box image is built from (the dynamic build: busybox-static's
 # wget, nc and ping cannot resolve names).
-need_pkgs=(openssl debootstrap systemd-container iproute2 openssh-client nftables etcd-server vagrant containerd runc busybox)
+need_pkgs=(openssl debootstrap systemd-container iproute2 openssh-client nftables etcd-server vagrant containerd runc busybox python3 python3-venv)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -46,6 +46,14 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+
+# The official Python `kubernetes` client drives the cluster in the end-to-end suite; Debian's
+# Python refuses a system-wide pip install, hence a venv under the target dir.
+echo "==> python kubernetes client (for the Python client e2e suite)"
+py_env="${CARGO_TARGET_DIR:-$PWD/target}/py-e2e"
+[ -x "$py_env/bin/python" ] || python3 -m venv "$py_env"
+"$py_env/bin/pip" install -q --disable-pip-version-check kubernetes
+export KINIT_PYTHON="$py_env/bin/python"
 
 echo "==> cargo test"
 KINIT_E2E=1 KINIT_BIN="$kinit_bin" cargo test --workspace --no-fail-fast -- --test-threads=2

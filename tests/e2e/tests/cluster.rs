@@ -19,10 +19,12 @@ use kinit_e2e::{
     e2e_enabled, eventually, kinit_bin, kubectl_binary, stripped, test_config, Kubectl, LabGuard,
 };
 use kinit_executor::{Host, SshHost};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 #[path = "cluster/network.rs"]
 mod network;
+#[path = "cluster/python.rs"]
+mod python;
 
 const DEMO: &str = r#"
 apiVersion: apps/v1
@@ -324,6 +326,12 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
     let hostname = kubectl.ok(&["exec", first, "--", "hostname"]);
     assert_eq!(hostname.trim(), first);
 
+    println!("--- the official Python client drives the cluster");
+    match python::run_client_suite(&kubectl.kubeconfig, &format!("kinit.local/demoapp:{tag}")) {
+        Ok(out) => println!("{out}"),
+        Err(e) => panic!("{e}"),
+    }
+
     println!("--- a deleted pod is replaced");
     kubectl.ok(&["delete", "pod", first, "--wait=false"]);
     let replaced = eventually("a replacement pod", Duration::from_secs(60), || {
@@ -604,6 +612,79 @@ async fn apply_runs_a_three_node_cluster_end_to_end() {
         assert!(h["phases"].as_array().unwrap().is_empty(), "{h}");
         assert_eq!(h["node"], "ready");
     }
+
+    println!("--- apply --only files,agent and --skip-phases images run just those phases");
+    let image_on_node2 = || async {
+        let out = host_of("node2")
+            .run_checked("ctr -n k8s.io images ls -q")
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&original)
+    };
+    host_of("node2")
+        .run_checked(&format!(
+            "ctr -n k8s.io images rm {original} && systemctl stop kinit-agent"
+        ))
+        .await
+        .unwrap();
+    let node2_of = |report: &Value| -> Value {
+        report["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == "node2")
+            .cloned()
+            .unwrap_or_else(|| panic!("node2 in the report: {report:#}"))
+    };
+    let run_with = |extra: &[&str]| -> Value {
+        let out = apply
+            .command()
+            .args(extra)
+            .output()
+            .expect("run kinit apply");
+        assert!(
+            out.status.success(),
+            "kinit apply {extra:?} failed\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let only = run_with(&["--only", "files,agent"]);
+    let node2 = node2_of(&only);
+    assert_eq!(node2["phases"], json!(["start node agent"]), "{node2:#}");
+    assert!(
+        node2["skipped"].as_array().is_some_and(|s| s
+            .iter()
+            .any(|p| p.as_str().is_some_and(|p| p.starts_with("import images")))),
+        "images left out: {node2:#}"
+    );
+    assert!(
+        !image_on_node2().await,
+        "--only files,agent imported images"
+    );
+    let skip = run_with(&["--skip-phases", "images"]);
+    let node2 = node2_of(&skip);
+    assert_eq!(node2["phases"], json!([]), "{node2:#}");
+    assert_eq!(node2["node"], "ready", "{node2:#}");
+    assert!(
+        !image_on_node2().await,
+        "--skip-phases images imported images"
+    );
+    let (full, _) = apply.run();
+    let node2 = node2_of(&full);
+    assert_eq!(node2["phases"], json!(["import images"]), "{node2:#}");
+    assert!(
+        image_on_node2().await,
+        "a plain apply imports the images again"
+    );
+    let out = apply.command().args(["--only", "bogus"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("wait-for-nodes") && err.contains("cni-plugins"),
+        "{err}"
+    );
 
     println!("--- kinit reset of node3 leaves nothing and removes its Node");
     let node3 = host_of("node3");
